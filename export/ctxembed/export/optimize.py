@@ -1,0 +1,116 @@
+"""Step 2: ONNX Runtime transformer fusions, then int8 (CPU) or fp16 (CUDA)."""
+
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+QUANT_PRESETS = ("avx2", "avx512", "avx512_vnni", "arm64")
+# Only the dense layers. Quantizing the embedding lookup (Gather, EmbedLayerNormalization), as
+# optimum's presets do, saves no compute and dropped the worst per-token cosine on MiniLM from 0.976
+# to 0.944 (measured here).
+QUANTIZED_OPERATORS = ("MatMul", "Attention")
+
+
+@dataclass(frozen=True)
+class Fused:
+    path: Path
+    fusions: dict[str, int]  # fused operator → count, for the manifest
+
+
+def _heads_and_hidden(config: Any) -> tuple[int, int]:
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", 0)
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", 0)
+    return int(heads), int(hidden)
+
+
+def fuse(model: Path, out: Path, config: Any, use_gpu: bool) -> Fused:
+    """Attention, SkipLayerNormalization, BiasGelu... fusions with ORT's BERT optimizer."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    heads, hidden = _heads_and_hidden(config)
+    # opt_level=0: graph-level fusions only, so the file stays portable across providers;
+    # ORT applies its basic/extended rewrites again at session creation.
+    optimized = optimize_model(
+        str(model), model_type="bert", num_heads=heads, hidden_size=hidden,
+        opt_level=0, use_gpu=use_gpu,
+    )
+    optimized.save_model_to_file(str(out))
+    counts: dict[str, int] = {}
+    for node in optimized.model.graph.node:
+        if node.op_type in ("Attention", "MultiHeadAttention", "SkipLayerNormalization",
+                            "BiasGelu", "FastGelu", "Gelu", "EmbedLayerNormalization",
+                            "LayerNormalization"):
+            counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return Fused(out, counts)
+
+
+def to_fp16(fused: Path, out: Path, config: Any) -> None:
+    """fp16 weights and compute for CUDA; inputs and outputs stay int64/float32."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    heads, hidden = _heads_and_hidden(config)
+    model = optimize_model(str(fused), model_type="bert", num_heads=heads, hidden_size=hidden,
+                           opt_level=0, use_gpu=True)
+    model.convert_float_to_float16(keep_io_types=True)
+    model.save_model_to_file(str(out))
+
+
+def detect_cpu_preset() -> str:
+    """optimum's quantization preset for this CPU.
+
+    Without VNNI, x86 int8 matmuls go through u8×s8 instructions that saturate on signed weights,
+    which corrupts outputs: the avx2 preset therefore uses unsigned weights.
+    """
+    machine = platform.machine().lower()
+    if machine in ("arm64", "aarch64"):
+        return "arm64"
+    flags: set[str] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        return "avx2"  # the safe choice: unsigned weights work everywhere
+    if "avx512_vnni" in flags or "avx512vnni" in flags:
+        return "avx512_vnni"
+    if "avx512f" in flags:
+        return "avx512"
+    return "avx2"
+
+
+def quantize_int8(fused: Path, out: Path, preset: str, per_channel: bool) -> dict[str, Any]:
+    """Dynamic int8 quantization with optimum's preset; returns what the manifest records."""
+    import onnx
+    from onnxruntime.quantization import quantize_dynamic
+    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+
+    cfg = getattr(AutoQuantizationConfig, preset)(is_static=False, per_channel=per_channel)
+    quantize_dynamic(
+        fused,
+        out,
+        op_types_to_quantize=list(QUANTIZED_OPERATORS),
+        per_channel=cfg.per_channel,
+        reduce_range=cfg.reduce_range,
+        weight_type=cfg.weights_dtype,
+        # Shape inference fails on fused contrib ops (QAttention) without a default type.
+        extra_options={
+            "DefaultTensorType": onnx.TensorProto.FLOAT,
+            "WeightSymmetric": cfg.weights_symmetric,
+            "ActivationSymmetric": cfg.activations_symmetric,
+        },
+    )
+    return {
+        "preset": preset,
+        "mode": "dynamic",
+        "weights_dtype": cfg.weights_dtype.name,
+        "activations_dtype": cfg.activations_dtype.name,
+        "per_channel": cfg.per_channel,
+        "reduce_range": cfg.reduce_range,
+        "weights_symmetric": cfg.weights_symmetric,
+        "operators": list(QUANTIZED_OPERATORS),
+    }

@@ -1,0 +1,227 @@
+"""The export pipeline: source → ONNX → fusions → int8/fp16 → tokenizer → validation → folder.
+
+Everything is written into a temporary sibling of the output folder and renamed into place only
+when every variant has passed validation, so a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from ctxembed.export.errors import ExportError
+from ctxembed.export.onnx_graph import export_onnx, num_layers
+from ctxembed.export.optimize import detect_cpu_preset, fuse, quantize_int8, to_fp16
+from ctxembed.export.progress import Steps
+from ctxembed.export.source import DEFAULT_MODEL, ModelSource, resolve_source
+from ctxembed.export.tokenizer_files import write_tokenizer
+from ctxembed.export.validate import (
+    DEFAULT_THRESHOLDS,
+    Thresholds,
+    build_references,
+    compare_variant,
+    load_session,
+)
+from ctxembed.runtime.manifest import MANIFEST_NAME, Manifest, Variant
+
+TOOLS = ("ctxembed", "optimum", "optimum-onnx", "onnxruntime", "onnx", "transformers", "torch",
+         "tokenizers")
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    model: str = DEFAULT_MODEL
+    out: Path | None = None  # default: models/<model-name>
+    target: str = "cpu"  # cpu | cuda
+    quantize: str = "int8"  # int8 | none (cpu only)
+    layers: str = "last"  # last | all
+    force: bool = False
+    quant_preset: str = "auto"  # auto | avx2 | avx512 | avx512_vnni | arm64
+    per_channel: bool = True
+    revision: str | None = None
+    thresholds: dict[str, Thresholds] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    models_root: Path = Path("models")
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out: Path
+    manifest: Manifest
+    seconds: float
+
+
+class ValidationFailed(ExportError):
+    def __init__(self, table: str) -> None:
+        super().__init__("validation failed; nothing was written\n" + table)
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for name in TOOLS:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _max_tokens(source: ModelSource, tokenizer_max: int) -> int:
+    positions = int(getattr(source.config, "max_position_embeddings", 512))
+    # RoBERTa-style models reserve padding_idx + 1 positions: 514 embeddings, 512 usable tokens.
+    if source.config.model_type in ("roberta", "xlm-roberta", "camembert"):
+        positions -= int(getattr(source.config, "pad_token_id", 1) or 1) + 1
+    return min(positions, tokenizer_max) if 0 < tokenizer_max < 1_000_000 else positions
+
+
+def _check_options(opts: ExportOptions) -> None:
+    if opts.target not in ("cpu", "cuda"):
+        raise ExportError(f"--target must be cpu or cuda, not {opts.target!r}")
+    if opts.quantize not in ("int8", "none"):
+        raise ExportError(f"--quantize must be int8 or none, not {opts.quantize!r}")
+    if opts.layers not in ("last", "all"):
+        raise ExportError(f"--layers must be last or all, not {opts.layers!r}")
+
+
+def _failure_table(results: dict[str, dict[str, Any]]) -> str:
+    rows = [f"  {'variant':8} {'figure':18} {'value':>10} {'minimum':>10}"]
+    for name, fig in results.items():
+        for metric, limit in fig["thresholds"].items():
+            mark = "FAIL" if fig[metric] < limit else "ok"
+            rows.append(f"  {name:8} {metric:18} {fig[metric]:10.6f} {limit:10.4f}  {mark}")
+    return "\n".join(rows)
+
+
+def export_model(opts: ExportOptions) -> ExportResult:
+    _check_options(opts)
+    steps = Steps(total=6)
+    with steps.step("Resolving the model"):
+        source = resolve_source(opts.model, opts.revision)
+    out = (opts.out or opts.models_root / source.name).resolve()
+    if out.exists() and not opts.force:
+        raise ExportError(f"{out} already exists; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        manifest = _build(opts, source, out.name, tmp, steps)
+        _swap_into_place(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return ExportResult(out, manifest, steps.elapsed)
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{tmp.name}")
+        out.rename(old)
+    tmp.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _build(opts: ExportOptions, source: ModelSource, name: str, tmp: Path, steps: Steps) -> Manifest:
+    all_layers = opts.layers == "all"
+    work = tmp / "_work"
+    with steps.step("Exporting to ONNX with optimum (feature-extraction)"):
+        raw = export_onnx(source, work, all_layers)
+    variants: list[Variant] = []
+    with steps.step(f"Optimizing for {opts.target} (ONNX Runtime transformer fusions)"):
+        fused = fuse(raw, tmp / "model.onnx", source.config, use_gpu=False)
+        variants.append(_variant("fp32", "model.onnx", "fp32", "cpu", tmp, {"fusions": fused.fusions}))
+    if opts.target == "cpu" and opts.quantize == "int8":
+        preset = detect_cpu_preset() if opts.quant_preset == "auto" else opts.quant_preset
+        with steps.step(f"Quantizing to int8 (dynamic, optimum preset {preset})"):
+            quant = quantize_int8(fused.path, tmp / "model_int8.onnx", preset, opts.per_channel)
+            variants.append(_variant("int8", "model_int8.onnx", "int8", "cpu", tmp,
+                                     {"fusions": fused.fusions}, quant))
+    elif opts.target == "cuda":
+        with steps.step("Converting to fp16 for CUDA"):
+            to_fp16(raw, tmp / "model_fp16.onnx", source.config)
+            variants.append(_variant("fp16", "model_fp16.onnx", "fp16", "cuda", tmp, {}))
+    else:
+        steps.done += 1
+    with steps.step("Writing the tokenizer (padding and truncation cleared)"):
+        tokenizer, tokenizer_max = write_tokenizer(source.location, source.revision, tmp)
+        source.config.save_pretrained(tmp)  # config.json: lets optimum's ORT classes load the folder
+    max_tokens = _max_tokens(source, tokenizer_max)
+    graph_inputs, layer_outputs = _graph_io(fused.path, all_layers, source)
+    with steps.step(f"Validating {len(variants)} variant(s) against PyTorch"):
+        variants = _validate(opts, source, variants, tmp, max_tokens, graph_inputs)
+    shutil.rmtree(work, ignore_errors=True)
+    manifest = Manifest(
+        name=name,
+        source={"model": source.description, "revision": source.revision,
+                "location": source.location if source.is_local else None},
+        architecture=(getattr(source.config, "architectures", None) or ["?"])[0],
+        model_type=source.config.model_type,
+        hidden_size=int(getattr(source.config, "hidden_size", 0) or getattr(source.config, "dim")),
+        num_layers=num_layers(source.config),
+        max_tokens=max_tokens,
+        graph_inputs=graph_inputs,
+        layer_outputs=layer_outputs,
+        variants=variants,
+        tokenizer=tokenizer,
+        tools=_versions(),
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    (tmp / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
+    return manifest
+
+
+def _graph_io(path: Path, all_layers: bool, source: ModelSource) -> tuple[list[str], dict[int, str]]:
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    inputs = [i.name for i in model.graph.input]
+    outputs = [o.name for o in model.graph.output]
+    n = num_layers(source.config)
+    layer_outputs = {n: "last_hidden_state"}
+    if all_layers:
+        layer_outputs.update({i: f"hidden_states.{i}" for i in range(n)})
+        missing = [v for v in layer_outputs.values() if v not in outputs]
+        if missing:
+            raise ExportError(f"the exported graph lacks outputs {missing}")
+    return inputs, layer_outputs
+
+
+def _variant(name: str, file: str, precision: str, target: str, folder: Path,
+             optimization: dict[str, Any], quantization: dict[str, Any] | None = None) -> Variant:
+    path = folder / file
+    return Variant(name=name, file=file, precision=precision, target=target,
+                   sha256=_sha256(path), size_bytes=path.stat().st_size,
+                   optimization=optimization, quantization=quantization)
+
+
+def _validate(opts: ExportOptions, source: ModelSource, variants: list[Variant], folder: Path,
+              max_tokens: int, graph_inputs: list[str]) -> list[Variant]:
+    from tqdm import tqdm
+
+    refs = build_references(source.location, max_tokens, graph_inputs)
+    results: dict[str, dict[str, Any]] = {}
+    with tqdm(total=len(refs) * len(variants), unit="text", leave=False) as bar:
+        for v in variants:
+            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if v.target == "cuda" \
+                else ["CPUExecutionProvider"]
+            try:
+                session = load_session(folder / v.file, providers)
+            except Exception as exc:  # ORT raises its own exception types
+                raise ExportError(f"cannot run the {v.name} variant for validation: {exc}") from exc
+            thresholds = opts.thresholds.get(v.precision, Thresholds())
+            results[v.name] = compare_variant(session, refs, thresholds, lambda: bar.update(1))
+    if not all(r["passed"] for r in results.values()):
+        raise ValidationFailed(_failure_table(results))
+    return [replace(v, validation=results[v.name]) for v in variants]

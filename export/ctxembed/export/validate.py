@@ -1,0 +1,129 @@
+"""Step 4: compare every ONNX variant with the PyTorch model on a probe set."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# The "bank" senses, non-ASCII scripts, multi-piece words and several lengths; the last text is
+# longer than any supported model's window and is truncated to it.
+PROBE_TEXTS: tuple[str, ...] = (
+    "I live near the bank of America",
+    "I sat by the river bank",
+    "The bank approved my loan after a long interview.",
+    "Hi",
+    "Crème brûlée à Paris coûte 12 €, dit la naïve serveuse du café.",
+    "東京は日本の首都です。北京和上海也是大城市。",
+    "Привет, мир! Это проверка эмбеддингов.",
+    "مرحبا بالعالم، هذه جملة عربية قصيرة",
+    "Emoji 🙂 and tabs\tand non-breaking\u00a0spaces survive tokenization.",
+    "Contextual embeddings disambiguate antidisestablishmentarianism and unbelievably long words.",
+    "ONNX Runtime executes transformer encoders quickly; quantization trades a little accuracy "
+    "for a lot of speed on CPUs without specialised instructions, which matters at the edge.",
+    " ".join(["Word embeddings depend on their sentence, and long documents need windows."] * 60),
+)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Minimums a variant must reach (cosine similarity against PyTorch)."""
+
+    token_min: float = 0.0
+    word_mean: float = 0.0
+    word_min: float = 0.0
+
+
+DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
+    "fp32": Thresholds(token_min=0.9999, word_mean=0.9999, word_min=0.9999),
+    "int8": Thresholds(word_mean=0.985, word_min=0.95),
+    "fp16": Thresholds(word_mean=0.999, word_min=0.99),
+}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One probe text: model inputs, word id of each token (None = special), PyTorch output."""
+
+    feed: dict[str, np.ndarray]
+    word_ids: list[int | None]
+    hidden: np.ndarray  # (tokens, dim) last layer
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    den = np.linalg.norm(a64, axis=-1) * np.linalg.norm(b64, axis=-1)
+    return np.asarray((a64 * b64).sum(-1) / np.maximum(den, 1e-12))
+
+
+def word_means(hidden: np.ndarray, word_ids: Sequence[int | None]) -> np.ndarray:
+    """Mean of each word's sub-word vectors, words in order of first appearance."""
+    ids = sorted({w for w in word_ids if w is not None})
+    return np.stack([hidden[[i for i, w in enumerate(word_ids) if w == wid]].mean(0) for wid in ids])
+
+
+def build_references(model_location: str, max_tokens: int, graph_inputs: Sequence[str],
+                     texts: Sequence[str] = PROBE_TEXTS) -> list[Reference]:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_location, use_fast=True)
+    model = AutoModel.from_pretrained(model_location).eval()
+    refs = []
+    for text in texts:
+        enc = tokenizer(text, truncation=True, max_length=max_tokens, return_tensors="pt")
+        with torch.no_grad():
+            out = model(**{k: v for k, v in enc.items() if k in graph_inputs})
+        feed = {k: v.numpy().astype(np.int64) for k, v in enc.items() if k in graph_inputs}
+        refs.append(Reference(feed, enc.word_ids(0), out.last_hidden_state[0].numpy()))
+    return refs
+
+
+def compare_variant(
+    session: Any,
+    refs: Sequence[Reference],
+    thresholds: Thresholds,
+    on_text: Callable[[], None] = lambda: None,
+) -> dict[str, Any]:
+    """Figures of one variant (a ready onnxruntime session) against the references."""
+    tok_cos, word_cos, max_abs = [], [], 0.0
+    for ref in refs:
+        out = session.run(["last_hidden_state"], ref.feed)[0][0].astype(np.float32)
+        real = [i for i, w in enumerate(ref.word_ids) if w is not None]
+        tok_cos.append(_cosine(out[real], ref.hidden[real]))
+        word_cos.append(_cosine(word_means(out, ref.word_ids), word_means(ref.hidden, ref.word_ids)))
+        max_abs = max(max_abs, float(np.abs(out[real] - ref.hidden[real]).max()))
+        on_text()
+    toks, words = np.concatenate(tok_cos), np.concatenate(word_cos)
+    figures: dict[str, Any] = {
+        "texts": len(refs),
+        "tokens": int(toks.size),
+        "words": int(words.size),
+        "token_cosine_min": round(float(toks.min()), 6),
+        "token_cosine_mean": round(float(toks.mean()), 6),
+        "word_cosine_min": round(float(words.min()), 6),
+        "word_cosine_mean": round(float(words.mean()), 6),
+        "max_abs_diff": round(max_abs, 6),
+        "thresholds": {
+            "token_cosine_min": thresholds.token_min,
+            "word_cosine_mean": thresholds.word_mean,
+            "word_cosine_min": thresholds.word_min,
+        },
+    }
+    failures = [
+        f"{name} {figures[name]:.6f} < {limit}"
+        for name, limit in figures["thresholds"].items()
+        if figures[name] < limit
+    ]
+    figures["passed"] = not failures
+    figures["failures"] = failures
+    return figures
+
+
+def load_session(path: Path, providers: Sequence[str]) -> Any:
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(path), providers=list(providers))
