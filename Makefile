@@ -1,0 +1,50 @@
+# One environment (.venv) for everything; created and installed on first use.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.ctxembed-installed
+MODEL_DIR ?= models/all-MiniLM-L6-v2
+HOST ?= 127.0.0.1
+PORT ?= 50051
+
+.PHONY: venv lint test export serve bench bench-full proto clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# torch first, pinned: a looser spec pulls a multi-GB CUDA build.
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[export,dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/python -m pytest -q
+
+$(MODEL_DIR)/manifest.json: | $(STAMP)
+	$(BIN)/ctxembed export --out $(MODEL_DIR)
+
+export: $(STAMP)
+	$(BIN)/ctxembed export --out $(MODEL_DIR) --force
+
+serve: $(STAMP) $(MODEL_DIR)/manifest.json
+	$(BIN)/ctxembed serve --model-dir $(MODEL_DIR) --host $(HOST) --port $(PORT)
+
+bench: $(STAMP) $(MODEL_DIR)/manifest.json
+	$(BIN)/python -m benchmarks.run --quick --model-dir $(MODEL_DIR)
+
+bench-full: $(STAMP) $(MODEL_DIR)/manifest.json
+	$(BIN)/python -m benchmarks.run --model-dir $(MODEL_DIR)
+
+# Regenerate the committed protobuf code (tests/test_proto.py checks it is current).
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=runtime --pyi_out=runtime \
+		--grpc_python_out=runtime proto/ctxembed/v1/embedder.proto
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,270 @@
+"""``WordEmbedder``: texts → one contextual vector per word.
+
+The work is three stages that can be tested and timed alone, and that the gRPC micro-batcher
+drives separately so that one ONNX run serves many requests:
+
+    prepare  (validate, tokenize, select units, plan windows)  → Prepared
+    forward  (pad per length bucket, run the session)          → token states per text
+    finish   (combine layers, pool, normalize, build results)  → WordEmbeddings
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ctxembed.runtime.errors import InvalidInput, ModelLoadError
+from ctxembed.runtime.manifest import Manifest, load_manifest
+from ctxembed.runtime.pooling import combine_layers, l2_normalize, pool
+from ctxembed.runtime.selection import Units, all_words, select_spans, select_words
+from ctxembed.runtime.session import ModelSession, SessionConfig
+from ctxembed.runtime.tokenization import TextTokenizer, TokenizedText
+from ctxembed.runtime.types import (
+    EmbedOptions,
+    InputLike,
+    Limits,
+    TextInput,
+    Token,
+    Word,
+    WordEmbeddings,
+)
+from ctxembed.runtime.validation import check_input, check_options, coerce_input
+from ctxembed.runtime.windows import WindowPlan, plan_windows
+
+
+@dataclass(frozen=True)
+class PreparedText:
+    tokens: TokenizedText
+    units: Units
+    plan: WindowPlan
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated, tokenized call, ready for :meth:`WordEmbedder.forward`."""
+
+    texts: tuple[PreparedText, ...]
+    options: EmbedOptions
+    layer_ids: tuple[int, ...]  # absolute hidden-state indices
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(t.tokens.num_tokens for t in self.texts)
+
+
+class WordEmbedder:
+    def __init__(self, model_dir: Path, manifest: Manifest, session: ModelSession,
+                 tokenizer: TextTokenizer, limits: Limits, stride: int | None,
+                 max_batch_tokens: int) -> None:
+        self.model_dir = model_dir
+        self.manifest = manifest
+        self.session = session
+        self.tokenizer = tokenizer
+        self.limits = limits
+        self.capacity = manifest.max_tokens - tokenizer.num_special
+        self.stride = stride or max(1, self.capacity // 2)
+        if not 1 <= self.stride <= self.capacity:
+            raise ValueError(f"stride must be between 1 and {self.capacity}, got {self.stride}")
+        self.max_batch_tokens = max(max_batch_tokens, manifest.max_tokens)
+        self._pad_id = manifest.tokenizer.pad_token_id
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: str | Path,
+        provider: str = "auto",
+        *,
+        variant: str | None = None,
+        threads: int | None = None,
+        spinning: bool = False,
+        stride: int | None = None,
+        limits: Limits | None = None,
+        max_batch_tokens: int = 8192,
+    ) -> WordEmbedder:
+        """Load a folder written by ``ctxembed export`` and warm its session up."""
+        path = Path(model_dir)
+        manifest = load_manifest(path)
+        tokenizer = TextTokenizer.from_file(path / manifest.tokenizer.file)
+        if manifest.max_tokens <= tokenizer.num_special:
+            raise ModelLoadError(f"{path}: max_tokens {manifest.max_tokens} is too small")
+        session = ModelSession(path, manifest, SessionConfig(provider, variant, threads, spinning))
+        embedder = cls(path, manifest, session, tokenizer, limits or Limits(), stride,
+                       max_batch_tokens)
+        session.warm_up([*tokenizer.prefix_ids, *tokenizer.suffix_ids],
+                        manifest.layer_outputs[manifest.num_layers])
+        return embedder
+
+    # -- facts -------------------------------------------------------------------------------
+    @property
+    def dimension(self) -> int:
+        return self.manifest.hidden_size
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    # -- the one-call API --------------------------------------------------------------------
+    def embed(
+        self,
+        inputs: Sequence[InputLike],
+        *,
+        pooling: str = "mean",
+        layers: Sequence[int] = (-1,),
+        layer_combine: str = "mean",
+        normalize: bool = False,
+        dtype: str = "float32",
+        include_tokens: bool = False,
+    ) -> list[WordEmbeddings]:
+        """Embed many inputs at once; results come back in input order."""
+        prepared = self.prepare(inputs, pooling=pooling, layers=layers,
+                                layer_combine=layer_combine, normalize=normalize, dtype=dtype,
+                                include_tokens=include_tokens)
+        states = self.forward(prepared.texts, prepared.layer_ids)
+        return self.finish(prepared, states, prepared.layer_ids)
+
+    # -- stage 1 -----------------------------------------------------------------------------
+    def prepare(
+        self,
+        inputs: Sequence[InputLike],
+        *,
+        pooling: str = "mean",
+        layers: Sequence[int] = (-1,),
+        layer_combine: str = "mean",
+        normalize: bool = False,
+        dtype: str = "float32",
+        include_tokens: bool = False,
+    ) -> Prepared:
+        if isinstance(inputs, (str, TextInput)):
+            raise InvalidInput("inputs", "expected a list of inputs, got a single input")
+        options, layer_ids = check_options(
+            pooling, layers, layer_combine, dtype, normalize, include_tokens,
+            self.manifest.num_layers, self.manifest.layers_available,
+        )
+        coerced = [coerce_input(value, f"inputs[{i}]") for i, value in enumerate(inputs)]
+        for i, inp in enumerate(coerced):
+            check_input(inp, f"inputs[{i}]", self.limits)
+        tokenized = self._tokenize(coerced)
+        texts = tuple(self._prepare_text(inp, tok, f"inputs[{i}]")
+                      for i, (inp, tok) in enumerate(zip(coerced, tokenized)))
+        return Prepared(texts, options, layer_ids)
+
+    def _tokenize(self, inputs: Sequence[TextInput]) -> list[TokenizedText]:
+        raw = [i for i, inp in enumerate(inputs) if inp.text is not None]
+        split = [i for i, inp in enumerate(inputs) if inp.text is None]
+        out: list[TokenizedText | None] = [None] * len(inputs)
+        if raw:
+            for i, tok in zip(raw, self.tokenizer.tokenize_texts([inputs[i].text or "" for i in raw])):
+                out[i] = tok
+        if split:
+            lists = [list(inputs[i].words or ()) for i in split]
+            for i, tok in zip(split, self.tokenizer.tokenize_words(lists)):
+                out[i] = tok
+        return [t for t in out if t is not None]
+
+    def _prepare_text(self, inp: TextInput, tok: TokenizedText, field: str) -> PreparedText:
+        if inp.words is not None and tok.word_index.shape[0] != len(inp.words):
+            missing = sorted(set(range(len(inp.words))) - set(tok.word_index.tolist()))[0]
+            raise InvalidInput(f"{field}.words[{missing}]",
+                               "produces no token (only characters the model ignores)")
+        if inp.select_spans:
+            units = select_spans(tok, inp.select_spans, field)
+        elif inp.select_words:
+            units = select_words(tok, inp.select_words, self.tokenizer.normalize)
+        else:
+            units = all_words(tok)
+        plan = plan_windows(tok.num_tokens, tok.word_tokens, self.capacity, self.stride)
+        return PreparedText(tok, units, plan)
+
+    # -- stage 2 -----------------------------------------------------------------------------
+    def forward(self, texts: Sequence[PreparedText],
+                layer_ids: Sequence[int]) -> list[np.ndarray]:
+        """Token states per text, shape (len(layer_ids), tokens, dim), float32.
+
+        Windows of all texts are sorted by length and padded per batch of similar lengths, so a
+        text's vectors do not depend on what it is batched with.
+        """
+        outputs = [self.manifest.layer_outputs[i] for i in layer_ids]
+        prefix, suffix = self.tokenizer.prefix_ids, self.tokenizer.suffix_ids
+        rows: list[tuple[int, int]] = []  # (text, window) per model row
+        for t, text in enumerate(texts):
+            if text.tokens.num_tokens and text.units.tokens.shape[0]:
+                rows.extend((t, w) for w in range(text.plan.count))
+        lengths = [int(np.diff(texts[t].plan.windows[w])[0]) + len(prefix) + len(suffix)
+                   for t, w in rows]
+        order = sorted(range(len(rows)), key=lengths.__getitem__)
+        states = [np.empty((len(outputs), text.tokens.num_tokens, self.dimension), np.float32)
+                  if (text.tokens.num_tokens and text.units.tokens.shape[0])
+                  else np.zeros((len(outputs), 0, self.dimension), np.float32) for text in texts]
+        for batch in self._buckets(order, lengths):
+            width = lengths[batch[-1]]
+            ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
+            mask = np.zeros((len(batch), width), dtype=np.int64)
+            for r, row in enumerate(batch):
+                t, w = rows[row]
+                s, e = texts[t].plan.windows[w].tolist()
+                seq = np.r_[prefix, texts[t].tokens.ids[s:e], suffix]
+                ids[r, : seq.shape[0]] = seq
+                mask[r, : seq.shape[0]] = 1
+            result = np.stack(self.session.run(ids, mask, outputs)).astype(np.float32, copy=False)
+            for r, row in enumerate(batch):
+                t, w = rows[row]
+                self._scatter(texts[t], w, result[:, r], states[t], len(prefix))
+        return states
+
+    def _buckets(self, order: list[int], lengths: list[int]) -> list[list[int]]:
+        """Consecutive runs of the length-sorted rows within the token budget."""
+        batches: list[list[int]] = []
+        current: list[int] = []
+        for row in order:
+            if current and (len(current) + 1) * lengths[row] > self.max_batch_tokens:
+                batches.append(current)
+                current = []
+            current.append(row)
+        if current:
+            batches.append(current)
+        return batches
+
+    @staticmethod
+    def _scatter(text: PreparedText, window: int, row_states: np.ndarray, target: np.ndarray,
+                 offset: int) -> None:
+        start = int(text.plan.windows[window, 0])
+        if text.plan.count == 1:
+            target[:] = row_states[:, offset : offset + text.tokens.num_tokens]
+            return
+        idx = np.flatnonzero(text.plan.token_window == window)
+        target[:, idx] = row_states[:, offset + idx - start]
+
+    # -- stage 3 -----------------------------------------------------------------------------
+    def finish(self, prepared: Prepared, states: Sequence[np.ndarray],
+               state_layers: Sequence[int]) -> list[WordEmbeddings]:
+        """Pool each text; ``state_layers`` says which layer each row of ``states`` holds."""
+        pick = [list(state_layers).index(i) for i in prepared.layer_ids]
+        return [self._finish_text(text, st[pick], prepared.options)
+                for text, st in zip(prepared.texts, states)]
+
+    def _finish_text(self, text: PreparedText, states: np.ndarray,
+                     options: EmbedOptions) -> WordEmbeddings:
+        units = text.units
+        hidden = combine_layers(states, options.layer_combine)
+        vectors = pool(hidden, units.tokens, options.pooling)
+        if options.normalize:
+            vectors = l2_normalize(vectors)
+        if options.dtype == "float16":
+            vectors = vectors.astype(np.float16)
+        tok = text.tokens
+        source = tok.text
+        words = []
+        for (ts, te), (cs, ce), index in zip(units.tokens.tolist(), units.chars.tolist(),
+                                             units.index.tolist()):
+            tokens: tuple[Token, ...] = ()
+            if options.include_tokens:
+                tokens = tuple(
+                    Token(tok.pieces[k], int(tok.ids[k]), int(tok.offsets[k, 0]),
+                          int(tok.offsets[k, 1]))
+                    for k in range(ts, te)
+                )
+            words.append(Word(source[cs:ce], cs, ce, index, tokens))
+        return WordEmbeddings(tuple(words), vectors, tok.num_tokens, text.plan.count)

@@ -1,0 +1,134 @@
+"""Stage 2's engine room: the one place that creates ONNX Runtime sessions.
+
+Provider choice, variant choice, threads, spinning, the CUDA fallback warning and warm-up all live
+here, so that every caller (embedder, benchmarks, service) gets the same, measured settings.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from ctxembed.runtime.errors import ModelLoadError, ProviderUnavailable
+from ctxembed.runtime.manifest import Manifest, Variant
+
+log = logging.getLogger("ctxembed")
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+PROVIDERS = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    provider: str = "auto"  # auto | cpu | cuda
+    variant: str | None = None  # default: int8 on cpu, fp16 on cuda, else fp32
+    threads: int | None = None  # intra-op threads; default: physical cores
+    # Spinning keeps idle ORT threads busy-waiting for the next run: lower latency for a lone
+    # caller, but it steals a core from a busy server loop. Off measured better for serving here.
+    spinning: bool = False
+
+
+def physical_cores() -> int:
+    """Physical cores (hyper-threads share the matrix units that dominate transformer cost)."""
+    cores: set[tuple[str, str]] = set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            phys = core = ""
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "physical id":
+                    phys = value.strip()
+                elif key == "core id":
+                    core = value.strip()
+                    cores.add((phys, core))
+    except OSError:
+        pass
+    try:
+        available = len(os.sched_getaffinity(0))
+    except AttributeError:
+        available = os.cpu_count() or 1
+    return max(1, min(len(cores) or available, available))
+
+
+def _resolve_provider(requested: str) -> str:
+    if requested not in PROVIDERS:
+        raise ProviderUnavailable(f"provider must be one of {', '.join(PROVIDERS)}, not {requested!r}")
+    available = ort.get_available_providers()
+    if requested == "cuda" and CUDA not in available:
+        raise ProviderUnavailable(
+            "provider 'cuda' requested but this onnxruntime has no CUDA support: install"
+            " onnxruntime-gpu in place of onnxruntime (pip install 'ctxembed[gpu]')"
+        )
+    if requested == "auto":
+        if CUDA in available:
+            return "cuda"
+        log.warning("CUDA is not available; running on CPU")
+        return "cpu"
+    return requested
+
+
+def _choose_variant(manifest: Manifest, provider: str, name: str | None) -> Variant:
+    if name is not None:
+        try:
+            return manifest.variant(name)
+        except KeyError:
+            have = ", ".join(v.name for v in manifest.variants)
+            raise ModelLoadError(f"model has no variant {name!r} (it has: {have})") from None
+    preferred = ("fp16", "fp32") if provider == "cuda" else ("int8", "fp32")
+    for want in preferred:
+        for v in manifest.variants:
+            if v.name == want:
+                return v
+    raise ModelLoadError(f"model has no variant usable on {provider}")
+
+
+class ModelSession:
+    """An ONNX Runtime session over one variant of a model folder."""
+
+    def __init__(self, model_dir: Path, manifest: Manifest, config: SessionConfig) -> None:
+        provider = _resolve_provider(config.provider)
+        self.variant = _choose_variant(manifest, provider, config.variant)
+        self.threads = config.threads or physical_cores()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        spin = "1" if config.spinning else "0"
+        options.add_session_config_entry("session.intra_op.allow_spinning", spin)
+        options.add_session_config_entry("session.inter_op.allow_spinning", spin)
+        providers = [CUDA, CPU] if provider == "cuda" else [CPU]
+        path = model_dir / self.variant.file
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise ModelLoadError(f"cannot load {path}: {exc}") from None
+        self.provider = self.session.get_providers()[0]
+        if provider == "cuda" and self.provider != CUDA:
+            raise ProviderUnavailable("onnxruntime could not start CUDA for this model")
+        self._inputs = {i.name for i in self.session.get_inputs()}
+        missing = {"input_ids", "attention_mask"} - self._inputs
+        if missing:
+            raise ModelLoadError(f"{path} lacks graph inputs {sorted(missing)}")
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+            outputs: Sequence[str]) -> list[np.ndarray]:
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "token_type_ids" in self._inputs:
+            feed["token_type_ids"] = np.zeros_like(input_ids)
+        return [np.asarray(o) for o in self.session.run(list(outputs), feed)]
+
+    def warm_up(self, ids: Sequence[int], output: str) -> None:
+        """First runs allocate buffers and pick kernels: pay that at load, not on a request."""
+        arr = np.asarray([list(ids)], dtype=np.int64)
+        for _ in range(2):
+            self.run(arr, np.ones_like(arr), [output])
