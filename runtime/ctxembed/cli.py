@@ -18,37 +18,75 @@ EXPORT_EXTRA_HINT = "pip install torch==2.13.0 'ctxembed[export]'"
 
 
 def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("export", help="convert a BERT-family model to a validated ONNX model folder")
-    p.add_argument("--model", default="embedded:all-MiniLM-L6-v2",
-                   help="Hugging Face id or local folder (default: the embedded all-MiniLM-L6-v2)")
+    p = sub.add_parser(
+        "export", help="convert a BERT-family model to a validated ONNX model folder"
+    )
+    p.add_argument(
+        "--model",
+        default="embedded:all-MiniLM-L6-v2",
+        help="Hugging Face id or local folder (default: the embedded all-MiniLM-L6-v2)",
+    )
     p.add_argument("--out", type=Path, default=None, help="output folder (default: models/<name>)")
     p.add_argument("--target", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--quantize", choices=("int8", "none"), default="int8",
-                   help="int8 variant for --target cpu (default: int8)")
-    p.add_argument("--layers", choices=("last", "all"), default="last",
-                   help="graph outputs: the last hidden state, or every hidden state")
+    p.add_argument(
+        "--quantize",
+        choices=("int8", "none"),
+        default="int8",
+        help="int8 variant for --target cpu (default: int8)",
+    )
+    p.add_argument(
+        "--layers",
+        choices=("last", "all"),
+        default="last",
+        help="graph outputs: the last hidden state, or every hidden state",
+    )
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
-    p.add_argument("--quant-preset", default="auto",
-                   choices=("auto", "avx2", "avx512", "avx512_vnni", "arm64"),
-                   help="optimum quantization preset (default: detected from this CPU)")
+    p.add_argument(
+        "--quant-preset",
+        default="auto",
+        choices=("auto", "avx2", "avx512", "avx512_vnni", "arm64"),
+        help="optimum quantization preset (default: detected from this CPU)",
+    )
     p.add_argument("--no-per-channel", action="store_true", help="per-tensor int8 weight scales")
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
-    p.add_argument("--fp32-min-cosine", type=float, default=0.9999,
-                   help="fp32: minimum per-token and per-word cosine vs PyTorch (default 0.9999)")
-    p.add_argument("--int8-word-mean", type=float, default=0.985,
-                   help="int8: minimum mean per-word cosine (default 0.985)")
-    p.add_argument("--int8-word-min", type=float, default=0.95,
-                   help="int8: minimum per-word cosine (default 0.95)")
-    p.add_argument("--fp16-word-min", type=float, default=0.99,
-                   help="fp16: minimum per-word cosine (default 0.99)")
+    p.add_argument(
+        "--fp32-min-cosine",
+        type=float,
+        default=0.9999,
+        help="fp32: minimum per-token and per-word cosine vs PyTorch (default 0.9999)",
+    )
+    p.add_argument(
+        "--int8-word-mean",
+        type=float,
+        default=0.985,
+        help="int8: minimum mean per-word cosine (default 0.985)",
+    )
+    p.add_argument(
+        "--int8-word-min",
+        type=float,
+        default=0.95,
+        help="int8: minimum per-word cosine (default 0.95)",
+    )
+    p.add_argument(
+        "--fp16-word-min",
+        type=float,
+        default=0.99,
+        help="fp16: minimum per-word cosine (default 0.99)",
+    )
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    missing = [m for m in ("torch", "transformers", "optimum", "onnx")
-               if importlib.util.find_spec(m) is None]
+    missing = [
+        m
+        for m in ("torch", "transformers", "optimum", "onnx")
+        if importlib.util.find_spec(m) is None
+    ]
     if missing:
-        print(f"error: ctxembed export needs the export extra ({', '.join(missing)} missing):"
-              f" {EXPORT_EXTRA_HINT}", file=sys.stderr)
+        print(
+            f"error: ctxembed export needs the export extra ({', '.join(missing)} missing):"
+            f" {EXPORT_EXTRA_HINT}",
+            file=sys.stderr,
+        )
         return 2
     from ctxembed.export import ExportOptions, export_model
     from ctxembed.export.report import summary
@@ -61,9 +99,16 @@ def _run_export(args: argparse.Namespace) -> int:
         "fp16": Thresholds(word_mean=max(args.fp16_word_min, 0.999), word_min=args.fp16_word_min),
     }
     opts = ExportOptions(
-        model=args.model, out=args.out, target=args.target, quantize=args.quantize,
-        layers=args.layers, force=args.force, quant_preset=args.quant_preset,
-        per_channel=not args.no_per_channel, revision=args.revision, thresholds=thresholds,
+        model=args.model,
+        out=args.out,
+        target=args.target,
+        quantize=args.quantize,
+        layers=args.layers,
+        force=args.force,
+        quant_preset=args.quant_preset,
+        per_channel=not args.no_per_channel,
+        revision=args.revision,
+        thresholds=thresholds,
     )
     result = export_model(opts)
     print(summary(result.out, result.manifest, result.seconds))

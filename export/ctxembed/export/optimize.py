@@ -21,8 +21,9 @@ class Fused:
 
 
 def _heads_and_hidden(config: Any) -> tuple[int, int]:
-    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", 0)
-    hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", 0)
+    # 0 lets ORT's optimizer detect the value from the graph.
+    heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", None) or 0
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", None) or 0
     return int(heads), int(hidden)
 
 
@@ -34,15 +35,26 @@ def fuse(model: Path, out: Path, config: Any, use_gpu: bool) -> Fused:
     # opt_level=0: graph-level fusions only, so the file stays portable across providers;
     # ORT applies its basic/extended rewrites again at session creation.
     optimized = optimize_model(
-        str(model), model_type="bert", num_heads=heads, hidden_size=hidden,
-        opt_level=0, use_gpu=use_gpu,
+        str(model),
+        model_type="bert",
+        num_heads=heads,
+        hidden_size=hidden,
+        opt_level=0,
+        use_gpu=use_gpu,
     )
     optimized.save_model_to_file(str(out))
     counts: dict[str, int] = {}
     for node in optimized.model.graph.node:
-        if node.op_type in ("Attention", "MultiHeadAttention", "SkipLayerNormalization",
-                            "BiasGelu", "FastGelu", "Gelu", "EmbedLayerNormalization",
-                            "LayerNormalization"):
+        if node.op_type in (
+            "Attention",
+            "MultiHeadAttention",
+            "SkipLayerNormalization",
+            "BiasGelu",
+            "FastGelu",
+            "Gelu",
+            "EmbedLayerNormalization",
+            "LayerNormalization",
+        ):
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return Fused(out, counts)
 
@@ -52,8 +64,14 @@ def to_fp16(fused: Path, out: Path, config: Any) -> None:
     from onnxruntime.transformers.optimizer import optimize_model
 
     heads, hidden = _heads_and_hidden(config)
-    model = optimize_model(str(fused), model_type="bert", num_heads=heads, hidden_size=hidden,
-                           opt_level=0, use_gpu=True)
+    model = optimize_model(
+        str(fused),
+        model_type="bert",
+        num_heads=heads,
+        hidden_size=hidden,
+        opt_level=0,
+        use_gpu=True,
+    )
     model.convert_float_to_float16(keep_io_types=True)
     model.save_model_to_file(str(out))
 

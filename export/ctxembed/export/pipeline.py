@@ -30,8 +30,16 @@ from ctxembed.export.validate import (
 )
 from ctxembed.runtime.manifest import MANIFEST_NAME, Manifest, Variant
 
-TOOLS = ("ctxembed", "optimum", "optimum-onnx", "onnxruntime", "onnx", "transformers", "torch",
-         "tokenizers")
+TOOLS = (
+    "ctxembed",
+    "optimum",
+    "optimum-onnx",
+    "onnxruntime",
+    "onnx",
+    "transformers",
+    "torch",
+    "tokenizers",
+)
 
 
 @dataclass(frozen=True)
@@ -133,7 +141,9 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _build(opts: ExportOptions, source: ModelSource, name: str, tmp: Path, steps: Steps) -> Manifest:
+def _build(
+    opts: ExportOptions, source: ModelSource, name: str, tmp: Path, steps: Steps
+) -> Manifest:
     all_layers = opts.layers == "all"
     work = tmp / "_work"
     with steps.step("Exporting to ONNX with optimum (feature-extraction)"):
@@ -141,13 +151,18 @@ def _build(opts: ExportOptions, source: ModelSource, name: str, tmp: Path, steps
     variants: list[Variant] = []
     with steps.step(f"Optimizing for {opts.target} (ONNX Runtime transformer fusions)"):
         fused = fuse(raw, tmp / "model.onnx", source.config, use_gpu=False)
-        variants.append(_variant("fp32", "model.onnx", "fp32", "cpu", tmp, {"fusions": fused.fusions}))
+        variants.append(
+            _variant("fp32", "model.onnx", "fp32", "cpu", tmp, {"fusions": fused.fusions})
+        )
     if opts.target == "cpu" and opts.quantize == "int8":
         preset = detect_cpu_preset() if opts.quant_preset == "auto" else opts.quant_preset
         with steps.step(f"Quantizing to int8 (dynamic, optimum preset {preset})"):
             quant = quantize_int8(fused.path, tmp / "model_int8.onnx", preset, opts.per_channel)
-            variants.append(_variant("int8", "model_int8.onnx", "int8", "cpu", tmp,
-                                     {"fusions": fused.fusions}, quant))
+            variants.append(
+                _variant(
+                    "int8", "model_int8.onnx", "int8", "cpu", tmp, {"fusions": fused.fusions}, quant
+                )
+            )
     elif opts.target == "cuda":
         with steps.step("Converting to fp16 for CUDA"):
             to_fp16(raw, tmp / "model_fp16.onnx", source.config)
@@ -156,7 +171,9 @@ def _build(opts: ExportOptions, source: ModelSource, name: str, tmp: Path, steps
         steps.done += 1
     with steps.step("Writing the tokenizer (padding and truncation cleared)"):
         tokenizer, tokenizer_max = write_tokenizer(source.location, source.revision, tmp)
-        source.config.save_pretrained(tmp)  # config.json: lets optimum's ORT classes load the folder
+        source.config.save_pretrained(
+            tmp
+        )  # config.json: lets optimum's ORT classes load the folder
     max_tokens = _max_tokens(source, tokenizer_max)
     graph_inputs, layer_outputs = _graph_io(fused.path, all_layers, source)
     with steps.step(f"Validating {len(variants)} variant(s) against PyTorch"):
@@ -164,11 +181,14 @@ def _build(opts: ExportOptions, source: ModelSource, name: str, tmp: Path, steps
     shutil.rmtree(work, ignore_errors=True)
     manifest = Manifest(
         name=name,
-        source={"model": source.description, "revision": source.revision,
-                "location": source.location if source.is_local else None},
+        source={
+            "model": source.description,
+            "revision": source.revision,
+            "location": source.location if source.is_local else None,
+        },
         architecture=(getattr(source.config, "architectures", None) or ["?"])[0],
         model_type=source.config.model_type,
-        hidden_size=int(getattr(source.config, "hidden_size", 0) or getattr(source.config, "dim")),
+        hidden_size=int(getattr(source.config, "hidden_size", 0) or source.config.dim),
         num_layers=num_layers(source.config),
         max_tokens=max_tokens,
         graph_inputs=graph_inputs,
@@ -182,7 +202,9 @@ def _build(opts: ExportOptions, source: ModelSource, name: str, tmp: Path, steps
     return manifest
 
 
-def _graph_io(path: Path, all_layers: bool, source: ModelSource) -> tuple[list[str], dict[int, str]]:
+def _graph_io(
+    path: Path, all_layers: bool, source: ModelSource
+) -> tuple[list[str], dict[int, str]]:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
@@ -198,24 +220,47 @@ def _graph_io(path: Path, all_layers: bool, source: ModelSource) -> tuple[list[s
     return inputs, layer_outputs
 
 
-def _variant(name: str, file: str, precision: str, target: str, folder: Path,
-             optimization: dict[str, Any], quantization: dict[str, Any] | None = None) -> Variant:
+def _variant(
+    name: str,
+    file: str,
+    precision: str,
+    target: str,
+    folder: Path,
+    optimization: dict[str, Any],
+    quantization: dict[str, Any] | None = None,
+) -> Variant:
     path = folder / file
-    return Variant(name=name, file=file, precision=precision, target=target,
-                   sha256=_sha256(path), size_bytes=path.stat().st_size,
-                   optimization=optimization, quantization=quantization)
+    return Variant(
+        name=name,
+        file=file,
+        precision=precision,
+        target=target,
+        sha256=_sha256(path),
+        size_bytes=path.stat().st_size,
+        optimization=optimization,
+        quantization=quantization,
+    )
 
 
-def _validate(opts: ExportOptions, source: ModelSource, variants: list[Variant], folder: Path,
-              max_tokens: int, graph_inputs: list[str]) -> list[Variant]:
+def _validate(
+    opts: ExportOptions,
+    source: ModelSource,
+    variants: list[Variant],
+    folder: Path,
+    max_tokens: int,
+    graph_inputs: list[str],
+) -> list[Variant]:
     from tqdm import tqdm
 
     refs = build_references(source.location, max_tokens, graph_inputs)
     results: dict[str, dict[str, Any]] = {}
     with tqdm(total=len(refs) * len(variants), unit="text", leave=False) as bar:
         for v in variants:
-            providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if v.target == "cuda" \
+            providers = (
+                ["CUDAExecutionProvider", "CPUExecutionProvider"]
+                if v.target == "cuda"
                 else ["CPUExecutionProvider"]
+            )
             try:
                 session = load_session(folder / v.file, providers)
             except Exception as exc:  # ORT raises its own exception types

@@ -64,7 +64,12 @@ def resolve_source(model: str, revision: str | None = None) -> ModelSource:
             raise ExportError(f"{path} is not a Hugging Face model folder: config.json missing")
         location, name, is_local, description = str(path), path.name, True, str(path)
     else:
-        location, name, is_local, description = model, model.rstrip("/").split("/")[-1], False, model
+        location, name, is_local, description = (
+            model,
+            model.rstrip("/").split("/")[-1],
+            False,
+            model,
+        )
     try:
         config = AutoConfig.from_pretrained(location, revision=revision)
     except (OSError, ValueError) as exc:

@@ -21,14 +21,18 @@ def _lowercases(normalizer: Any) -> bool:
     return any(_lowercases(n) for n in normalizer.get("normalizers", []))
 
 
-def write_tokenizer(location: str, revision: str | None, out_dir: Path) -> tuple[TokenizerInfo, int]:
+def write_tokenizer(
+    location: str, revision: str | None, out_dir: Path
+) -> tuple[TokenizerInfo, int]:
     """Write ``tokenizer.json``; return its facts and the tokenizer's ``model_max_length``."""
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer
 
     hf = AutoTokenizer.from_pretrained(location, use_fast=True, revision=revision)
     if not hf.is_fast:
-        raise ExportError(f"{location} has no fast (Rust) tokenizer; ctxembed needs one for offsets")
+        raise ExportError(
+            f"{location} has no fast (Rust) tokenizer; ctxembed needs one for offsets"
+        )
     tokenizer = Tokenizer.from_str(hf.backend_tokenizer.to_str())
     tokenizer.no_padding()
     tokenizer.no_truncation()

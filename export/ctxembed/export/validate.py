@@ -62,11 +62,17 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def word_means(hidden: np.ndarray, word_ids: Sequence[int | None]) -> np.ndarray:
     """Mean of each word's sub-word vectors, words in order of first appearance."""
     ids = sorted({w for w in word_ids if w is not None})
-    return np.stack([hidden[[i for i, w in enumerate(word_ids) if w == wid]].mean(0) for wid in ids])
+    return np.stack(
+        [hidden[[i for i, w in enumerate(word_ids) if w == wid]].mean(0) for wid in ids]
+    )
 
 
-def build_references(model_location: str, max_tokens: int, graph_inputs: Sequence[str],
-                     texts: Sequence[str] = PROBE_TEXTS) -> list[Reference]:
+def build_references(
+    model_location: str,
+    max_tokens: int,
+    graph_inputs: Sequence[str],
+    texts: Sequence[str] = PROBE_TEXTS,
+) -> list[Reference]:
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -94,7 +100,9 @@ def compare_variant(
         out = session.run(["last_hidden_state"], ref.feed)[0][0].astype(np.float32)
         real = [i for i, w in enumerate(ref.word_ids) if w is not None]
         tok_cos.append(_cosine(out[real], ref.hidden[real]))
-        word_cos.append(_cosine(word_means(out, ref.word_ids), word_means(ref.hidden, ref.word_ids)))
+        word_cos.append(
+            _cosine(word_means(out, ref.word_ids), word_means(ref.hidden, ref.word_ids))
+        )
         max_abs = max(max_abs, float(np.abs(out[real] - ref.hidden[real]).max()))
         on_text()
     toks, words = np.concatenate(tok_cos), np.concatenate(word_cos)

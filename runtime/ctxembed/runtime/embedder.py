@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from ctxembed.runtime.errors import InvalidInput, ModelLoadError
 from ctxembed.runtime.manifest import Manifest, load_manifest
 from ctxembed.runtime.pooling import combine_layers, l2_normalize, pool
@@ -56,9 +55,16 @@ class Prepared:
 
 
 class WordEmbedder:
-    def __init__(self, model_dir: Path, manifest: Manifest, session: ModelSession,
-                 tokenizer: TextTokenizer, limits: Limits, stride: int | None,
-                 max_batch_tokens: int) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        manifest: Manifest,
+        session: ModelSession,
+        tokenizer: TextTokenizer,
+        limits: Limits,
+        stride: int | None,
+        max_batch_tokens: int,
+    ) -> None:
         self.model_dir = model_dir
         self.manifest = manifest
         self.session = session
@@ -91,10 +97,13 @@ class WordEmbedder:
         if manifest.max_tokens <= tokenizer.num_special:
             raise ModelLoadError(f"{path}: max_tokens {manifest.max_tokens} is too small")
         session = ModelSession(path, manifest, SessionConfig(provider, variant, threads, spinning))
-        embedder = cls(path, manifest, session, tokenizer, limits or Limits(), stride,
-                       max_batch_tokens)
-        session.warm_up([*tokenizer.prefix_ids, *tokenizer.suffix_ids],
-                        manifest.layer_outputs[manifest.num_layers])
+        embedder = cls(
+            path, manifest, session, tokenizer, limits or Limits(), stride, max_batch_tokens
+        )
+        session.warm_up(
+            [*tokenizer.prefix_ids, *tokenizer.suffix_ids],
+            manifest.layer_outputs[manifest.num_layers],
+        )
         return embedder
 
     # -- facts -------------------------------------------------------------------------------
@@ -119,9 +128,15 @@ class WordEmbedder:
         include_tokens: bool = False,
     ) -> list[WordEmbeddings]:
         """Embed many inputs at once; results come back in input order."""
-        prepared = self.prepare(inputs, pooling=pooling, layers=layers,
-                                layer_combine=layer_combine, normalize=normalize, dtype=dtype,
-                                include_tokens=include_tokens)
+        prepared = self.prepare(
+            inputs,
+            pooling=pooling,
+            layers=layers,
+            layer_combine=layer_combine,
+            normalize=normalize,
+            dtype=dtype,
+            include_tokens=include_tokens,
+        )
         states = self.forward(prepared.texts, prepared.layer_ids)
         return self.finish(prepared, states, prepared.layer_ids)
 
@@ -140,15 +155,23 @@ class WordEmbedder:
         if isinstance(inputs, (str, TextInput)):
             raise InvalidInput("inputs", "expected a list of inputs, got a single input")
         options, layer_ids = check_options(
-            pooling, layers, layer_combine, dtype, normalize, include_tokens,
-            self.manifest.num_layers, self.manifest.layers_available,
+            pooling,
+            layers,
+            layer_combine,
+            dtype,
+            normalize,
+            include_tokens,
+            self.manifest.num_layers,
+            self.manifest.layers_available,
         )
         coerced = [coerce_input(value, f"inputs[{i}]") for i, value in enumerate(inputs)]
         for i, inp in enumerate(coerced):
             check_input(inp, f"inputs[{i}]", self.limits)
         tokenized = self._tokenize(coerced)
-        texts = tuple(self._prepare_text(inp, tok, f"inputs[{i}]")
-                      for i, (inp, tok) in enumerate(zip(coerced, tokenized)))
+        texts = tuple(
+            self._prepare_text(inp, tok, f"inputs[{i}]")
+            for i, (inp, tok) in enumerate(zip(coerced, tokenized, strict=False))
+        )
         return Prepared(texts, options, layer_ids)
 
     def _tokenize(self, inputs: Sequence[TextInput]) -> list[TokenizedText]:
@@ -156,19 +179,24 @@ class WordEmbedder:
         split = [i for i, inp in enumerate(inputs) if inp.text is None]
         out: list[TokenizedText | None] = [None] * len(inputs)
         if raw:
-            for i, tok in zip(raw, self.tokenizer.tokenize_texts([inputs[i].text or "" for i in raw])):
+            for i, tok in zip(
+                raw,
+                self.tokenizer.tokenize_texts([inputs[i].text or "" for i in raw]),
+                strict=False,
+            ):
                 out[i] = tok
         if split:
             lists = [list(inputs[i].words or ()) for i in split]
-            for i, tok in zip(split, self.tokenizer.tokenize_words(lists)):
+            for i, tok in zip(split, self.tokenizer.tokenize_words(lists), strict=False):
                 out[i] = tok
         return [t for t in out if t is not None]
 
     def _prepare_text(self, inp: TextInput, tok: TokenizedText, field: str) -> PreparedText:
         if inp.words is not None and tok.word_index.shape[0] != len(inp.words):
             missing = sorted(set(range(len(inp.words))) - set(tok.word_index.tolist()))[0]
-            raise InvalidInput(f"{field}.words[{missing}]",
-                               "produces no token (only characters the model ignores)")
+            raise InvalidInput(
+                f"{field}.words[{missing}]", "produces no token (only characters the model ignores)"
+            )
         if inp.select_spans:
             units = select_spans(tok, inp.select_spans, field)
         elif inp.select_words:
@@ -179,8 +207,7 @@ class WordEmbedder:
         return PreparedText(tok, units, plan)
 
     # -- stage 2 -----------------------------------------------------------------------------
-    def forward(self, texts: Sequence[PreparedText],
-                layer_ids: Sequence[int]) -> list[np.ndarray]:
+    def forward(self, texts: Sequence[PreparedText], layer_ids: Sequence[int]) -> list[np.ndarray]:
         """Token states per text, shape (len(layer_ids), tokens, dim), float32.
 
         Windows of all texts are sorted by length and padded per batch of similar lengths, so a
@@ -192,12 +219,16 @@ class WordEmbedder:
         for t, text in enumerate(texts):
             if text.tokens.num_tokens and text.units.tokens.shape[0]:
                 rows.extend((t, w) for w in range(text.plan.count))
-        lengths = [int(np.diff(texts[t].plan.windows[w])[0]) + len(prefix) + len(suffix)
-                   for t, w in rows]
+        lengths = [
+            int(np.diff(texts[t].plan.windows[w])[0]) + len(prefix) + len(suffix) for t, w in rows
+        ]
         order = sorted(range(len(rows)), key=lengths.__getitem__)
-        states = [np.empty((len(outputs), text.tokens.num_tokens, self.dimension), np.float32)
-                  if (text.tokens.num_tokens and text.units.tokens.shape[0])
-                  else np.zeros((len(outputs), 0, self.dimension), np.float32) for text in texts]
+        states = [
+            np.empty((len(outputs), text.tokens.num_tokens, self.dimension), np.float32)
+            if (text.tokens.num_tokens and text.units.tokens.shape[0])
+            else np.zeros((len(outputs), 0, self.dimension), np.float32)
+            for text in texts
+        ]
         for batch in self._buckets(order, lengths):
             width = lengths[batch[-1]]
             ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
@@ -228,8 +259,9 @@ class WordEmbedder:
         return batches
 
     @staticmethod
-    def _scatter(text: PreparedText, window: int, row_states: np.ndarray, target: np.ndarray,
-                 offset: int) -> None:
+    def _scatter(
+        text: PreparedText, window: int, row_states: np.ndarray, target: np.ndarray, offset: int
+    ) -> None:
         start = int(text.plan.windows[window, 0])
         if text.plan.count == 1:
             target[:] = row_states[:, offset : offset + text.tokens.num_tokens]
@@ -238,15 +270,19 @@ class WordEmbedder:
         target[:, idx] = row_states[:, offset + idx - start]
 
     # -- stage 3 -----------------------------------------------------------------------------
-    def finish(self, prepared: Prepared, states: Sequence[np.ndarray],
-               state_layers: Sequence[int]) -> list[WordEmbeddings]:
+    def finish(
+        self, prepared: Prepared, states: Sequence[np.ndarray], state_layers: Sequence[int]
+    ) -> list[WordEmbeddings]:
         """Pool each text; ``state_layers`` says which layer each row of ``states`` holds."""
         pick = [list(state_layers).index(i) for i in prepared.layer_ids]
-        return [self._finish_text(text, st[pick], prepared.options)
-                for text, st in zip(prepared.texts, states)]
+        return [
+            self._finish_text(text, st[pick], prepared.options)
+            for text, st in zip(prepared.texts, states, strict=False)
+        ]
 
-    def _finish_text(self, text: PreparedText, states: np.ndarray,
-                     options: EmbedOptions) -> WordEmbeddings:
+    def _finish_text(
+        self, text: PreparedText, states: np.ndarray, options: EmbedOptions
+    ) -> WordEmbeddings:
         units = text.units
         hidden = combine_layers(states, options.layer_combine)
         vectors = pool(hidden, units.tokens, options.pooling)
@@ -257,13 +293,18 @@ class WordEmbedder:
         tok = text.tokens
         source = tok.text
         words = []
-        for (ts, te), (cs, ce), index in zip(units.tokens.tolist(), units.chars.tolist(),
-                                             units.index.tolist()):
+        for (ts, te), (cs, ce), index in zip(
+            units.tokens.tolist(), units.chars.tolist(), units.index.tolist(), strict=False
+        ):
             tokens: tuple[Token, ...] = ()
             if options.include_tokens:
                 tokens = tuple(
-                    Token(tok.pieces[k], int(tok.ids[k]), int(tok.offsets[k, 0]),
-                          int(tok.offsets[k, 1]))
+                    Token(
+                        tok.pieces[k],
+                        int(tok.ids[k]),
+                        int(tok.offsets[k, 0]),
+                        int(tok.offsets[k, 1]),
+                    )
                     for k in range(ts, te)
                 )
             words.append(Word(source[cs:ce], cs, ce, index, tokens))

@@ -122,7 +122,9 @@ def load_manifest(model_dir: Path) -> Manifest:
         raise ModelLoadError(f"{path} is corrupt: missing or bad field {exc}") from None
     for v in manifest.variants:
         if not (model_dir / v.file).is_file():
-            raise ModelLoadError(f"{model_dir} is incomplete: variant {v.name!r} file {v.file} missing")
+            raise ModelLoadError(
+                f"{model_dir} is incomplete: variant {v.name!r} file {v.file} missing"
+            )
     if not (model_dir / manifest.tokenizer.file).is_file():
         raise ModelLoadError(f"{model_dir} is incomplete: {manifest.tokenizer.file} missing")
     return manifest

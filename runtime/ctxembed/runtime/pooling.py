@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-
 from ctxembed.runtime.types import POOLINGS
 
 

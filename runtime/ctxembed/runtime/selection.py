@@ -6,7 +6,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
 from ctxembed.runtime.errors import InvalidInput
 from ctxembed.runtime.tokenization import TokenizedText
 from ctxembed.runtime.types import CharSpan
@@ -25,13 +24,13 @@ def all_words(tok: TokenizedText) -> Units:
     return Units(tok.word_tokens, tok.word_chars, tok.word_index)
 
 
-def select_words(tok: TokenizedText, wanted: Sequence[str],
-                 normalize: Callable[[str], str]) -> Units:
+def select_words(
+    tok: TokenizedText, wanted: Sequence[str], normalize: Callable[[str], str]
+) -> Units:
     """Every occurrence of the wanted words, compared after the model's normalization."""
     targets = {normalize(w).strip() for w in wanted}
     keep = [
-        i for i, (s, e) in enumerate(tok.word_chars.tolist())
-        if normalize(tok.text[s:e]) in targets
+        i for i, (s, e) in enumerate(tok.word_chars.tolist()) if normalize(tok.text[s:e]) in targets
     ]
     rows = np.asarray(keep, dtype=np.int64)
     return Units(tok.word_tokens[rows], tok.word_chars[rows], tok.word_index[rows])
@@ -43,8 +42,10 @@ def select_spans(tok: TokenizedText, spans: Sequence[CharSpan], field: str) -> U
     for k, span in enumerate(spans):
         overlap = np.flatnonzero((tok.offsets[:, 0] < span.end) & (tok.offsets[:, 1] > span.start))
         if overlap.size == 0:
-            raise InvalidInput(f"{field}.select_spans[{k}]",
-                               f"[{span.start}, {span.end}) covers no token of the text")
+            raise InvalidInput(
+                f"{field}.select_spans[{k}]",
+                f"[{span.start}, {span.end}) covers no token of the text",
+            )
         ranges[k] = (overlap[0], overlap[-1] + 1)
     chars = np.asarray([(s.start, s.end) for s in spans], dtype=np.int64).reshape(-1, 2)
     return Units(ranges, chars, np.arange(len(spans), dtype=np.int64))

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-
 from ctxembed.runtime.errors import ModelLoadError, ProviderUnavailable
 from ctxembed.runtime.manifest import Manifest, Variant
 
@@ -60,7 +59,9 @@ def physical_cores() -> int:
 
 def _resolve_provider(requested: str) -> str:
     if requested not in PROVIDERS:
-        raise ProviderUnavailable(f"provider must be one of {', '.join(PROVIDERS)}, not {requested!r}")
+        raise ProviderUnavailable(
+            f"provider must be one of {', '.join(PROVIDERS)}, not {requested!r}"
+        )
     available = ort.get_available_providers()
     if requested == "cuda" and CUDA not in available:
         raise ProviderUnavailable(
@@ -120,8 +121,9 @@ class ModelSession:
         if missing:
             raise ModelLoadError(f"{path} lacks graph inputs {sorted(missing)}")
 
-    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray,
-            outputs: Sequence[str]) -> list[np.ndarray]:
+    def run(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, outputs: Sequence[str]
+    ) -> list[np.ndarray]:
         feed = {"input_ids": input_ids, "attention_mask": attention_mask}
         if "token_type_ids" in self._inputs:
             feed["token_type_ids"] = np.zeros_like(input_ids)

@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Encoding, Tokenizer
-
 from ctxembed.runtime.errors import ModelLoadError
+from tokenizers import Encoding, Tokenizer
 
 
 @dataclass(frozen=True)
@@ -66,12 +65,13 @@ class TextTokenizer:
 
     def tokenize_texts(self, texts: Sequence[str]) -> list[TokenizedText]:
         encodings = self._tok.encode_batch(list(texts), add_special_tokens=True)
-        return [_from_encoding(t, e) for t, e in zip(texts, encodings)]
+        return [_from_encoding(t, e) for t, e in zip(texts, encodings, strict=False)]
 
     def tokenize_words(self, word_lists: Sequence[Sequence[str]]) -> list[TokenizedText]:
-        encodings = self._tok.encode_batch([list(w) for w in word_lists], is_pretokenized=True,
-                                           add_special_tokens=True)
-        return [_from_pretokenized(w, e) for w, e in zip(word_lists, encodings)]
+        encodings = self._tok.encode_batch(
+            [list(w) for w in word_lists], is_pretokenized=True, add_special_tokens=True
+        )
+        return [_from_pretokenized(w, e) for w, e in zip(word_lists, encodings, strict=False)]
 
     def token_id(self, piece: str) -> int | None:
         return self._tok.token_to_id(piece)
@@ -116,8 +116,9 @@ def _from_encoding(text: str, enc: Encoding) -> TokenizedText:
     if not text.isascii():
         char_end = _extend_over_marks(text, char_end)
     word_chars = np.stack([char_start, char_end], axis=1)
-    return TokenizedText(text, ids, offsets, pieces, word_tokens, word_chars,
-                         np.arange(starts.size, dtype=np.int64))
+    return TokenizedText(
+        text, ids, offsets, pieces, word_tokens, word_chars, np.arange(starts.size, dtype=np.int64)
+    )
 
 
 def _from_pretokenized(words: Sequence[str], enc: Encoding) -> TokenizedText:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Union
+from typing import Literal
 
 import numpy as np
 
@@ -35,7 +35,7 @@ class TextInput:
 
 
 # What ``WordEmbedder.embed`` accepts per input: a string, a list of words, or a TextInput.
-InputLike = Union[str, Sequence[str], TextInput]
+InputLike = str | Sequence[str] | TextInput
 
 
 @dataclass(frozen=True)

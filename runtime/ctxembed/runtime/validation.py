@@ -88,8 +88,10 @@ def _check_selection(inp: TextInput, field: str, length: int, limits: Limits) ->
         if not isinstance(span, CharSpan):
             raise InvalidInput(f"{field}.select_spans[{k}]", "expected a CharSpan")
         if not 0 <= span.start < span.end:
-            raise InvalidInput(f"{field}.select_spans[{k}]",
-                               f"needs 0 <= start < end, got [{span.start}, {span.end})")
+            raise InvalidInput(
+                f"{field}.select_spans[{k}]",
+                f"needs 0 <= start < end, got [{span.start}, {span.end})",
+            )
         if span.end > length:
             raise InvalidInput(
                 f"{field}.select_spans[{k}]",
@@ -99,15 +101,24 @@ def _check_selection(inp: TextInput, field: str, length: int, limits: Limits) ->
 
 
 def check_options(
-    pooling: str, layers: Sequence[int], layer_combine: str, dtype: str, normalize: bool,
-    include_tokens: bool, num_layers: int, available: Sequence[int],
+    pooling: str,
+    layers: Sequence[int],
+    layer_combine: str,
+    dtype: str,
+    normalize: bool,
+    include_tokens: bool,
+    num_layers: int,
+    available: Sequence[int],
 ) -> tuple[EmbedOptions, tuple[int, ...]]:
     """Validated options and the absolute layer indices (0 = embeddings, num_layers = last)."""
     if pooling not in POOLINGS:
-        raise InvalidInput("pooling", f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}")
+        raise InvalidInput(
+            "pooling", f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}"
+        )
     if layer_combine not in LAYER_COMBINES:
-        raise InvalidInput("layer_combine",
-                           f"unknown {layer_combine!r}; use one of {', '.join(LAYER_COMBINES)}")
+        raise InvalidInput(
+            "layer_combine", f"unknown {layer_combine!r}; use one of {', '.join(LAYER_COMBINES)}"
+        )
     if dtype not in DTYPES:
         raise InvalidInput("dtype", f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     layers = tuple(layers) or (-1,)
@@ -124,10 +135,11 @@ def check_options(
         if idx not in available:
             raise InvalidInput(
                 f"layers[{i}]",
-                f"layer {layer} is not in this model folder, which outputs layers {list(available)};"
-                " re-export it with `ctxembed export --layers all`",
+                f"layer {layer} is not in this model folder, which outputs layers"
+                f" {list(available)}; re-export it with `ctxembed export --layers all`",
             )
         absolute.append(idx)
-    options = EmbedOptions(pooling, tuple(layers), layer_combine, bool(normalize), dtype,
-                           bool(include_tokens))
+    options = EmbedOptions(
+        pooling, tuple(layers), layer_combine, bool(normalize), dtype, bool(include_tokens)
+    )
     return options, tuple(absolute)

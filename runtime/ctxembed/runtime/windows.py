@@ -26,8 +26,9 @@ def plan_windows(n_tokens: int, word_tokens: np.ndarray, capacity: int, stride: 
     if capacity < 1 or not 1 <= stride <= capacity:
         raise ValueError(f"need 1 <= stride ({stride}) <= capacity ({capacity})")
     if n_tokens <= capacity:
-        return WindowPlan(np.array([[0, n_tokens]], dtype=np.int64),
-                          np.zeros(n_tokens, dtype=np.int64))
+        return WindowPlan(
+            np.array([[0, n_tokens]], dtype=np.int64), np.zeros(n_tokens, dtype=np.int64)
+        )
     starts = word_tokens[:, 0] if word_tokens.size else np.zeros(0, dtype=np.int64)
     windows = _cut(n_tokens, starts, capacity, stride)
     return WindowPlan(windows, _assign(n_tokens, word_tokens, windows))
