@@ -108,8 +108,8 @@ def _failure_table(results: dict[str, dict[str, Any]]) -> str:
     rows = [f"  {'variant':8} {'figure':18} {'value':>10} {'minimum':>10}"]
     for name, fig in results.items():
         for metric, limit in fig["thresholds"].items():
-            mark = "FAIL" if fig[metric] < limit else "ok"
-            rows.append(f"  {name:8} {metric:18} {fig[metric]:10.6f} {limit:10.4f}  {mark}")
+            mark = "FAIL" if any(f.startswith(metric) for f in fig["failures"]) else "ok"
+            rows.append(f"  {name:8} {metric:18} {fig[metric]:10.6f} {limit:10.6f}  {mark}")
     return "\n".join(rows)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
 from ctxembed.runtime.errors import InvalidInput, ModelLoadError
 from ctxembed.runtime.manifest import Manifest, load_manifest
 from ctxembed.runtime.pooling import combine_layers, l2_normalize, pool

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from ctxembed.runtime.errors import InvalidInput
 from ctxembed.runtime.tokenization import TokenizedText
 from ctxembed.runtime.types import CharSpan

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
 from ctxembed.runtime.errors import ModelLoadError, ProviderUnavailable
 from ctxembed.runtime.manifest import Manifest, Variant
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from ctxembed.runtime.errors import ModelLoadError
 from tokenizers import Encoding, Tokenizer
+
+from ctxembed.runtime.errors import ModelLoadError
 
 
 @dataclass(frozen=True)

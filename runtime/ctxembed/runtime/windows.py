@@ -53,7 +53,10 @@ def _cut(n: int, starts: np.ndarray, capacity: int, stride: int) -> np.ndarray:
         e = _boundary_at_or_before(starts, s + capacity, s) or s + capacity
         windows.append((s, e))
         nxt = _boundary_at_or_before(starts, min(s + stride, e), s)
-        s = nxt if nxt is not None else min(s + stride, e)
+        if nxt is None:  # stride shorter than the word at s: start at the next word instead
+            after = starts[starts > s]
+            nxt = int(after[0]) if after.size and after[0] <= e else e
+        s = nxt
     return np.asarray(windows, dtype=np.int64)
 
 

@@ -1,0 +1,227 @@
+"""WordEmbedder: API, selection, long texts, batching, errors, load failures."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ctxembed.runtime import (
+    CharSpan,
+    InvalidInput,
+    Limits,
+    ModelLoadError,
+    ProviderUnavailable,
+    TextInput,
+    WordEmbedder,
+)
+
+BANK = "I live near the bank of America"
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_bank_example(embedder: WordEmbedder) -> None:
+    [res] = embedder.embed([BANK])
+    assert [w.text for w in res.words] == ["I", "live", "near", "the", "bank", "of", "America"]
+    assert (res.words[4].start, res.words[4].end) == (16, 20)
+    assert res.vectors.shape == (7, 384) and res.vectors.dtype == np.float32
+    assert res.num_tokens == 7 and res.num_windows == 1
+
+
+def test_select_words_every_occurrence_case_insensitive(embedder: WordEmbedder) -> None:
+    text = "The Bank said the bank of the river is not a BANK."
+    [res] = embedder.embed([TextInput(text=text, select_words=["bank"])])
+    assert [w.text for w in res.words] == ["Bank", "bank", "BANK"]
+    assert [w.index for w in res.words] == [1, 4, 11]
+    [none] = embedder.embed([TextInput(text=text, select_words=["zebra"])])
+    assert none.words == () and none.vectors.shape == (0, 384)
+
+
+def test_select_multi_piece_word(embedder: WordEmbedder) -> None:
+    [res] = embedder.embed(
+        [TextInput(text="Contextual embeddings help.", select_words=["Embeddings"])],
+        include_tokens=True,
+    )
+    [word] = res.words
+    assert word.text == "embeddings" and len(word.tokens) == 4
+    [full] = embedder.embed(["Contextual embeddings help."])
+    np.testing.assert_allclose(res.vectors[0], full.vectors[1], rtol=1e-6)
+
+
+def test_select_spans(embedder: WordEmbedder) -> None:
+    spans = [CharSpan(16, 31), CharSpan(17, 19)]
+    [res] = embedder.embed([TextInput(text=BANK, select_spans=spans)], include_tokens=True)
+    assert [w.text for w in res.words] == ["bank of America", "an"]
+    assert len(res.words[0].tokens) == 3 and [t.piece for t in res.words[1].tokens] == ["bank"]
+    [full] = embedder.embed([BANK])
+    np.testing.assert_allclose(res.vectors[0], full.vectors[4:7].mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_options(embedder: WordEmbedder) -> None:
+    [mean] = embedder.embed([BANK])
+    [half] = embedder.embed([BANK], dtype="float16", normalize=True)
+    assert half.vectors.dtype == np.float16
+    np.testing.assert_allclose(
+        np.linalg.norm(half.vectors.astype(np.float32), axis=1), 1, atol=2e-3
+    )
+    [fl] = embedder.embed([BANK], pooling="first_last")
+    assert fl.vectors.shape == (7, 768)
+    [cat] = embedder.embed([BANK], layers=[-1, -2, 0], layer_combine="concat")
+    assert cat.vectors.shape == (7, 3 * 384)
+    np.testing.assert_allclose(cat.vectors[:, :384], mean.vectors, rtol=1e-5, atol=1e-5)
+    for pooling in ("first", "last", "max"):
+        [r] = embedder.embed(["antidisestablishmentarianism"], pooling=pooling)
+        assert r.vectors.shape == (1, 384)
+
+
+def test_results_in_input_order_and_independent_of_batch(fp32_embedder: WordEmbedder) -> None:
+    texts = ["short", BANK, "a considerably longer sentence " * 8, "東京", "mid length text here"]
+    together = fp32_embedder.embed(texts)
+    for text, res in zip(texts, together):
+        [alone] = fp32_embedder.embed([text])
+        assert [w.text for w in res.words] == [w.text for w in alone.words]
+        for a, b in zip(res.vectors, alone.vectors):
+            assert _cos(a, b) >= 0.9999
+
+
+def test_long_text_windows(fp32_embedder: WordEmbedder) -> None:
+    words = [f"word{i % 50} is here" for i in range(300)]
+    text = " ".join(words)
+    [res] = fp32_embedder.embed([text])
+    assert res.num_windows > 1 and res.num_tokens > 510
+    for w in res.words:
+        assert text[w.start : w.end] == w.text
+    # the first words sit in the first window, which sees exactly the text's first 510 tokens
+    small = WordEmbedder(
+        fp32_embedder.model_dir,
+        fp32_embedder.manifest,
+        fp32_embedder.session,
+        fp32_embedder.tokenizer,
+        Limits(),
+        None,
+        8192,
+    )
+    [again] = small.embed([text])
+    np.testing.assert_allclose(again.vectors, res.vectors, rtol=1e-5, atol=1e-5)
+    [short] = fp32_embedder.embed([" ".join(words[:20])])
+    assert short.num_windows == 1
+
+
+def test_stride_controls_window_count(model_dir: Path) -> None:
+    text = " ".join(["tokens"] * 1200)
+    counts = []
+    for stride in (100, 255, 510):
+        emb = WordEmbedder.load(model_dir, provider="cpu", stride=stride)
+        counts.append(emb.embed([text])[0].num_windows)
+    assert counts[0] > counts[1] > counts[2] >= 3
+
+
+@pytest.mark.parametrize(
+    ("inputs", "kwargs", "field"),
+    [
+        ([""], {}, "inputs[0].text"),
+        (["ok", "x" * 200], {}, "inputs[1].text"),
+        ([["a", ""]], {}, "inputs[0].words[1]"),
+        ([[]], {}, "inputs[0].words"),
+        ([["w"] * 30], {}, "inputs[0].words"),
+        ([TextInput(text="abc", select_spans=[CharSpan(1, 9)])], {}, "inputs[0].select_spans[0]"),
+        ([TextInput(text="a  b", select_spans=[CharSpan(1, 2)])], {}, "inputs[0].select_spans[0]"),
+        ([TextInput(text="abc", select_spans=[CharSpan(2, 2)])], {}, "inputs[0].select_spans[0]"),
+        ([TextInput(text="abc", select_spans=[CharSpan(0, 1)] * 9)], {}, "inputs[0].select_spans"),
+        ([TextInput(text="abc", select_words=[""])], {}, "inputs[0].select_words[0]"),
+        ([TextInput()], {}, "inputs[0]"),
+        ([42], {}, "inputs[0]"),
+        (["ok"], {"pooling": "median"}, "pooling"),
+        (["ok"], {"layers": [7]}, "layers[0]"),
+        (["ok"], {"layers": [-1, -8]}, "layers[1]"),
+        (["ok"], {"layer_combine": "sum"}, "layer_combine"),
+        (["ok"], {"dtype": "int8"}, "dtype"),
+        ([["fine", "\u200b"]], {}, "inputs[0].words[1]"),
+    ],
+)
+def test_invalid_input_names_field(
+    model_dir: Path, inputs: list[object], kwargs: dict[str, object], field: str
+) -> None:
+    emb = _limited(model_dir)
+    with pytest.raises(InvalidInput) as info:
+        emb.embed(inputs, **kwargs)  # type: ignore[arg-type]
+    assert info.value.field == field, str(info.value)
+
+
+def _limited(model_dir: Path) -> WordEmbedder:
+    limits = Limits(max_chars_per_text=100, max_words_per_text=20, max_spans_per_text=5)
+    return WordEmbedder.load(model_dir, provider="cpu", limits=limits)
+
+
+def test_limit_is_reported(model_dir: Path) -> None:
+    with pytest.raises(InvalidInput) as info:
+        _limited(model_dir).embed(["x" * 101])
+    assert info.value.limit == 100 and "limit is 100" in str(info.value)
+
+
+def test_last_layer_only_model_rejects_other_layers(tiny_source: Path, tmp_path: Path) -> None:
+    from ctxembed.export import ExportOptions, export_model
+
+    out = tmp_path / "last"
+    export_model(ExportOptions(model=str(tiny_source), out=out, quantize="none"))
+    emb = WordEmbedder.load(out, provider="cpu")
+    assert emb.manifest.layers_available == [2]
+    assert emb.embed(["fine"], layers=[2])[0].vectors.shape == (1, 64)
+    with pytest.raises(InvalidInput, match="--layers all") as info:
+        emb.embed(["fine"], layers=[0])
+    assert info.value.field == "layers[0]"
+
+
+def test_load_errors(model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        WordEmbedder.load(tmp_path / "missing")
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    (broken / "manifest.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="corrupt"):
+        WordEmbedder.load(broken)
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError, match="format_version 99"):
+        WordEmbedder.load(broken)
+    manifest["format_version"] = 1
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    (broken / "model_int8.onnx").unlink()
+    with pytest.raises(ModelLoadError, match=r"model_int8\.onnx missing"):
+        WordEmbedder.load(broken)
+    (broken / "model_int8.onnx").write_bytes(b"garbage")
+    with pytest.raises(ModelLoadError, match="cannot load"):
+        WordEmbedder.load(broken, provider="cpu")
+
+
+def test_cuda_missing_is_an_error_auto_falls_back(
+    model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ProviderUnavailable, match="onnxruntime-gpu"):
+        WordEmbedder.load(model_dir, provider="cuda")
+    with caplog.at_level("WARNING", logger="ctxembed"):
+        emb = WordEmbedder.load(model_dir, provider="auto")
+    assert emb.session.provider == "CPUExecutionProvider"
+    assert [r.message for r in caplog.records] == ["CUDA is not available; running on CPU"]
+
+
+@pytest.mark.gpu
+def test_cuda_fp16(model_dir: Path) -> None:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        pytest.skip("onnxruntime has no CUDA provider here")
+    emb = WordEmbedder.load(model_dir, provider="cuda", variant="fp32")
+    assert emb.session.provider == "CUDAExecutionProvider"
+    assert emb.embed([BANK])[0].vectors.shape == (7, 384)

@@ -1,0 +1,139 @@
+"""``ctxembed export``: manifest, hashes, validation, atomic writes, local folders, bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ctxembed.cli import main
+from ctxembed.runtime.manifest import load_manifest
+
+
+def test_manifest_describes_the_folder(model_dir: Path) -> None:
+    manifest = load_manifest(model_dir)
+    raw = json.loads((model_dir / "manifest.json").read_text())
+    assert raw["format"] == "ctxembed-model" and raw["format_version"] == 1
+    assert manifest.architecture == "BertModel"
+    assert (manifest.hidden_size, manifest.num_layers, manifest.max_tokens) == (384, 6, 512)
+    assert manifest.layers_available == list(range(7))
+    assert manifest.tokenizer.lowercase is True
+    assert manifest.tokenizer.special_tokens["cls_token"] == "[CLS]"
+    assert {"optimum", "onnxruntime", "transformers", "torch"} <= set(manifest.tools)
+    assert [v.name for v in manifest.variants] == ["fp32", "int8"]
+    int8 = manifest.variant("int8")
+    assert int8.quantization is not None and int8.quantization["preset"] in (
+        "avx2",
+        "avx512",
+        "avx512_vnni",
+        "arm64",
+    )
+    assert int8.optimization["fusions"].get("Attention", 0) == 6
+    for v in manifest.variants:
+        data = (model_dir / v.file).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == v.sha256
+        assert len(data) == v.size_bytes
+    tok = json.loads((model_dir / "tokenizer.json").read_text())
+    assert tok["padding"] is None and tok["truncation"] is None
+    assert not list(model_dir.parent.glob(".*tmp*")), "temporary folder left behind"
+
+
+def test_validation_figures_meet_thresholds(model_dir: Path) -> None:
+    manifest = load_manifest(model_dir)
+    fp32 = manifest.variant("fp32").validation
+    int8 = manifest.variant("int8").validation
+    assert fp32["passed"] and int8["passed"]
+    assert fp32["token_cosine_min"] >= 0.9999 and fp32["word_cosine_min"] >= 0.9999
+    assert int8["word_cosine_mean"] >= 0.985 and int8["word_cosine_min"] >= 0.95
+    assert int8["texts"] == 12 and int8["words"] > 100
+
+
+def test_local_folder_export_and_force(
+    tiny_source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "tiny"
+    assert main(["export", "--model", str(tiny_source), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "[6/6] Validating" in printed and str(out) in printed
+    manifest = load_manifest(out)
+    assert manifest.hidden_size == 64 and manifest.num_layers == 2
+    assert manifest.max_tokens == 128
+    first = manifest.created
+
+    assert main(["export", "--model", str(tiny_source), "--out", str(out)]) == 1
+    assert "already exists; pass --force" in capsys.readouterr().err
+    assert load_manifest(out).created == first  # untouched
+
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(tiny_source),
+                "--out",
+                str(out),
+                "--force",
+                "--quantize",
+                "none",
+            ]
+        )
+        == 0
+    )
+    assert [v.name for v in load_manifest(out).variants] == ["fp32"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
+
+
+def test_failing_validation_writes_nothing(
+    tiny_source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "never"
+    code = main(
+        ["export", "--model", str(tiny_source), "--out", str(out), "--int8-word-mean", "0.9999"]
+    )
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "validation failed; nothing was written" in err
+    assert "int8" in err and "FAIL" in err and "word_cosine_mean" in err
+    assert not out.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unsupported_family_lists_supported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from transformers import GPT2Config
+
+    folder = tmp_path / "gpt"
+    GPT2Config(n_layer=1, n_embd=32, n_head=2).save_pretrained(folder)
+    assert main(["export", "--model", str(folder), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "'gpt2'" in err and "bert, camembert, distilbert" in err
+    assert "Traceback" not in err
+
+
+def test_unknown_hub_id_is_one_line(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ctxembed.cli",
+            "export",
+            "--model",
+            "nobody/no-such-model-xyz",
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 1
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert lines and "nobody/no-such-model-xyz" in lines[0] and "Hub" in lines[0]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,37 @@
+"""The runtime must work where torch, transformers and optimum cannot be imported."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from helpers import BLOCK_HEAVY
+
+
+def _run(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_HEAVY + code], capture_output=True, text=True, timeout=180
+    )
+
+
+def test_runtime_and_service_import_and_embed_without_torch(model_dir: Path) -> None:
+    proc = _run(f"""
+import sys
+import ctxembed.runtime, ctxembed.cli, ctxembed.service.server, ctxembed.client
+from ctxembed.runtime import WordEmbedder
+[res] = WordEmbedder.load({str(model_dir)!r}, provider="cpu").embed(["river bank"])
+assert res.vectors.shape == (2, 384), res.vectors.shape
+heavy = [m for m in ("torch", "transformers", "optimum") if m in sys.modules]
+assert not heavy, heavy
+print("ok")
+""")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"
+
+
+def test_export_without_extra_names_the_extra() -> None:
+    proc = _run("import sys; from ctxembed.cli import main; sys.exit(main(['export']))")
+    assert proc.returncode == 2
+    assert "pip install" in proc.stderr and "ctxembed[export]" in proc.stderr
+    assert "Traceback" not in proc.stderr
