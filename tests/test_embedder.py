@@ -105,7 +105,7 @@ def test_long_text_windows(fp32_embedder: WordEmbedder) -> None:
         fp32_embedder.tokenizer,
         Limits(),
         None,
-        8192,
+        run_batch_tokens=1,
     )
     [again] = small.embed([text])
     np.testing.assert_allclose(again.vectors, res.vectors, rtol=1e-5, atol=1e-5)

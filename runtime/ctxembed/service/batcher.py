@@ -1,0 +1,199 @@
+"""Dynamic micro-batching: many concurrent requests share one ONNX run.
+
+Requests queue on the event loop; one task drains the queue into a batch until the token budget
+is reached, or the batch is as large as the previous one, or ``max_wait`` passes, then runs
+prepare → forward → finish for the whole batch in a single-thread executor (ONNX Runtime has its
+own intra-op threads). A lone client never waits: the wait applies only while the previous batch
+showed concurrency. Cancelled requests and requests whose deadline passed are dropped before
+they run; a full queue refuses new requests instead of growing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from ctxembed.runtime import InvalidInput, WordEmbedder, WordEmbeddings
+from ctxembed.runtime.embedder import Prepared
+from ctxembed.service.convert import EmbedCall
+from ctxembed.service.status import DeadlineExpired, Overloaded
+
+log = logging.getLogger("ctxembed.service")
+
+# Rough tokens per character, only for the flush decision (forward() buckets by real tokens).
+TOKENS_PER_CHAR = 0.3
+
+
+@dataclass
+class BatcherStats:
+    """Counters and cumulative stage times (seconds), for tests, benchmarks and ops."""
+
+    batches: int = 0
+    requests_done: int = 0
+    requests_failed: int = 0
+    dropped_cancelled: int = 0
+    dropped_deadline: int = 0
+    rejected_overload: int = 0
+    texts: int = 0
+    queue_s: float = 0.0
+    prepare_s: float = 0.0
+    run_s: float = 0.0
+    pool_s: float = 0.0
+    batch_sizes: list[int] = field(default_factory=list)
+
+    def snapshot(self) -> dict[str, float | int]:
+        return {k: v for k, v in vars(self).items() if not isinstance(v, list)}
+
+
+@dataclass
+class _Job:
+    call: EmbedCall
+    future: asyncio.Future[list[WordEmbeddings]]
+    deadline: float | None  # loop.time() by which the client stops waiting
+    enqueued: float
+    est_tokens: int
+
+
+class MicroBatcher:
+    def __init__(
+        self,
+        embedder: WordEmbedder,
+        *,
+        max_batch_tokens: int = 8192,
+        max_wait_ms: float = 2.0,
+        max_queue: int = 256,
+    ) -> None:
+        self.embedder = embedder
+        self.max_batch_tokens = max_batch_tokens
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_queue = max_queue
+        self.stats = BatcherStats()
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxembed-run")
+        self._task: asyncio.Task[None] | None = None
+        self._last_batch = 1
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run_forever())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            if not job.future.done():
+                job.future.set_exception(asyncio.CancelledError())
+        self._executor.shutdown(wait=True)
+
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
+
+    async def submit(self, call: EmbedCall, timeout: float | None) -> list[WordEmbeddings]:
+        """Queue a request and wait for its results; raises Overloaded when the queue is full."""
+        if self._queue.qsize() >= self.max_queue:
+            self.stats.rejected_overload += 1
+            raise Overloaded()
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        job = _Job(
+            call,
+            loop.create_future(),
+            None if timeout is None else now + timeout,
+            now,
+            int(call.num_chars * TOKENS_PER_CHAR) + 2 * len(call.inputs),
+        )
+        self._queue.put_nowait(job)
+        return await job.future  # a cancelled RPC cancels this future: the job is then skipped
+
+    async def _collect(self) -> list[_Job]:
+        loop = asyncio.get_running_loop()
+        batch = [await self._queue.get()]
+        tokens = batch[0].est_tokens
+        flush_at = loop.time() + self.max_wait
+        while tokens < self.max_batch_tokens:
+            if not self._queue.empty():
+                job = self._queue.get_nowait()
+            elif len(batch) >= self._last_batch or loop.time() >= flush_at:
+                break
+            else:
+                try:
+                    job = await asyncio.wait_for(self._queue.get(), flush_at - loop.time())
+                except TimeoutError:
+                    break
+            batch.append(job)
+            tokens += job.est_tokens
+        return batch
+
+    async def _run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._collect()
+            now = loop.time()
+            live = []
+            for job in batch:
+                if job.future.done():  # cancelled by the client
+                    self.stats.dropped_cancelled += 1
+                elif job.deadline is not None and now >= job.deadline:
+                    self.stats.dropped_deadline += 1
+                    job.future.set_exception(DeadlineExpired())
+                else:
+                    live.append(job)
+                    self.stats.queue_s += now - job.enqueued
+            self._last_batch = max(1, len(batch))
+            if not live:
+                continue
+            try:
+                outcomes = await loop.run_in_executor(
+                    self._executor, self._compute, [j.call for j in live]
+                )
+            except Exception as exc:  # a bug: fail this batch, keep serving
+                log.exception("batch failed")
+                outcomes = [exc] * len(live)
+            self.stats.batches += 1
+            self.stats.batch_sizes.append(len(live))
+            for job, outcome in zip(live, outcomes):
+                if job.future.done():
+                    continue
+                if isinstance(outcome, BaseException):
+                    self.stats.requests_failed += 1
+                    job.future.set_exception(outcome)
+                else:
+                    self.stats.requests_done += 1
+                    job.future.set_result(outcome)
+
+    def _compute(self, calls: Sequence[EmbedCall]) -> list[list[WordEmbeddings] | Exception]:
+        """prepare each request, one forward for all of them, finish each (executor thread)."""
+        emb = self.embedder
+        t0 = time.perf_counter()
+        outcomes: list[list[WordEmbeddings] | Exception] = []
+        prepared: list[tuple[int, Prepared]] = []
+        for i, call in enumerate(calls):
+            try:
+                prepared.append((i, emb.prepare(call.inputs, **call.options)))
+                outcomes.append([])
+            except InvalidInput as exc:
+                outcomes.append(exc)
+        t1 = time.perf_counter()
+        layers = sorted({layer for _, p in prepared for layer in p.layer_ids})
+        texts = [t for _, p in prepared for t in p.texts]
+        states = emb.forward(texts, layers) if texts else []
+        t2 = time.perf_counter()
+        start = 0
+        for i, p in prepared:
+            count = len(p.texts)
+            outcomes[i] = emb.finish(p, states[start : start + count], layers)
+            start += count
+        t3 = time.perf_counter()
+        self.stats.prepare_s += t1 - t0
+        self.stats.run_s += t2 - t1
+        self.stats.pool_s += t3 - t2
+        self.stats.texts += len(texts)
+        return outcomes

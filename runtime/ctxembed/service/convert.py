@@ -1,0 +1,168 @@
+"""Protobuf ↔ engine types, both directions (the server and the client share them).
+
+Vectors travel as raw little-endian bytes: building ``repeated float`` in Python costs far more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ctxembed.runtime.errors import InvalidInput
+from ctxembed.runtime.types import CharSpan, InputLike, TextInput, Token, Word, WordEmbeddings
+from ctxembed.v1 import embedder_pb2 as pb
+
+POOLING_TO_PB = {
+    "mean": pb.MEAN,
+    "first": pb.FIRST,
+    "last": pb.LAST,
+    "first_last": pb.FIRST_LAST,
+    "max": pb.MAX,
+}
+POOLING_FROM_PB = {v: k for k, v in POOLING_TO_PB.items()} | {pb.POOLING_UNSPECIFIED: "mean"}
+COMBINE_TO_PB = {"mean": pb.LAYER_MEAN, "concat": pb.LAYER_CONCAT}
+COMBINE_FROM_PB = {v: k for k, v in COMBINE_TO_PB.items()} | {pb.LAYER_COMBINE_UNSPECIFIED: "mean"}
+DTYPE_TO_PB = {"float32": pb.FLOAT32, "float16": pb.FLOAT16}
+DTYPE_FROM_PB = {v: k for k, v in DTYPE_TO_PB.items()} | {pb.DTYPE_UNSPECIFIED: "float32"}
+NUMPY_DTYPE = {pb.FLOAT32: np.dtype("<f4"), pb.FLOAT16: np.dtype("<f2")}
+
+
+@dataclass(frozen=True)
+class EmbedCall:
+    """A request in engine terms: what ``WordEmbedder.prepare`` takes."""
+
+    inputs: list[TextInput]
+    options: dict[str, Any]
+
+    @property
+    def num_chars(self) -> int:
+        return sum(
+            len(i.text) if i.text is not None else sum(map(len, i.words or ())) for i in self.inputs
+        )
+
+
+def _enum(table: dict[int, str], value: int, field: str) -> str:
+    try:
+        return table[value]
+    except KeyError:
+        raise InvalidInput(field, f"unknown value {value}") from None
+
+
+def call_from_request(request: pb.EmbedRequest) -> EmbedCall:
+    inputs = []
+    for i, item in enumerate(request.inputs):
+        kind = item.WhichOneof("content")
+        if kind is None:
+            raise InvalidInput(f"inputs[{i}]", "set text or words")
+        spans = [CharSpan(s.start, s.end) for s in item.select_spans]
+        if kind == "text":
+            inputs.append(
+                TextInput(text=item.text, select_words=list(item.select_words), select_spans=spans)
+            )
+        else:
+            inputs.append(
+                TextInput(
+                    words=list(item.words.words),
+                    select_words=list(item.select_words),
+                    select_spans=spans,
+                )
+            )
+    options = {
+        "pooling": _enum(POOLING_FROM_PB, request.pooling, "pooling"),
+        "layers": tuple(request.layers) or (-1,),
+        "layer_combine": _enum(COMBINE_FROM_PB, request.layer_combine, "layer_combine"),
+        "dtype": _enum(DTYPE_FROM_PB, request.dtype, "dtype"),
+        "normalize": request.normalize,
+        "include_tokens": request.include_tokens,
+    }
+    return EmbedCall(inputs, options)
+
+
+def response_from_results(results: Sequence[WordEmbeddings]) -> pb.EmbedResponse:
+    response = pb.EmbedResponse()
+    for res in results:
+        out = response.results.add(num_tokens=res.num_tokens, num_windows=res.num_windows)
+        for w in res.words:
+            word = out.words.add(text=w.text, start=w.start, end=w.end, index=w.index)
+            for t in w.tokens:
+                word.tokens.add(piece=t.piece, id=t.id, start=t.start, end=t.end)
+        vectors = res.vectors
+        dtype = pb.FLOAT16 if vectors.dtype == np.float16 else pb.FLOAT32
+        out.vectors.dtype = dtype
+        out.vectors.shape.extend(vectors.shape)
+        out.vectors.data = np.ascontiguousarray(vectors, dtype=NUMPY_DTYPE[dtype]).tobytes()
+    return response
+
+
+# -- client side ------------------------------------------------------------------------------
+def request_from_call(
+    inputs: Sequence[InputLike],
+    *,
+    pooling: str = "mean",
+    layers: Sequence[int] = (-1,),
+    layer_combine: str = "mean",
+    normalize: bool = False,
+    dtype: str = "float32",
+    include_tokens: bool = False,
+) -> pb.EmbedRequest:
+    for name, value, table in (
+        ("pooling", pooling, POOLING_TO_PB),
+        ("layer_combine", layer_combine, COMBINE_TO_PB),
+        ("dtype", dtype, DTYPE_TO_PB),
+    ):
+        if value not in table:
+            raise InvalidInput(name, f"unknown value {value!r}; use one of {', '.join(table)}")
+    request = pb.EmbedRequest(
+        pooling=POOLING_TO_PB[pooling],
+        layers=list(layers),
+        layer_combine=COMBINE_TO_PB[layer_combine],
+        dtype=DTYPE_TO_PB[dtype],
+        normalize=normalize,
+        include_tokens=include_tokens,
+    )
+    for i, value in enumerate(inputs):
+        item = request.inputs.add()
+        if isinstance(value, str):
+            item.text = value
+            continue
+        if not isinstance(value, TextInput):
+            value = TextInput(words=list(value))
+        if value.text is not None:
+            item.text = value.text
+        elif value.words is not None:
+            item.words.words.extend(value.words)
+        else:
+            raise InvalidInput(f"inputs[{i}]", "set exactly one of text and words")
+        item.select_words.extend(value.select_words)
+        for span in value.select_spans:
+            item.select_spans.add(start=span.start, end=span.end)
+    return request
+
+
+def tensor_to_numpy(tensor: pb.Tensor) -> np.ndarray:
+    dtype = NUMPY_DTYPE.get(tensor.dtype or pb.FLOAT32)
+    if dtype is None:
+        raise ValueError(f"unknown tensor dtype {tensor.dtype}")
+    return np.frombuffer(tensor.data, dtype=dtype).reshape(tuple(tensor.shape))
+
+
+def results_from_response(response: pb.EmbedResponse) -> list[WordEmbeddings]:
+    results = []
+    for res in response.results:
+        words = tuple(
+            Word(
+                w.text,
+                w.start,
+                w.end,
+                w.index,
+                tuple(Token(t.piece, t.id, t.start, t.end) for t in w.tokens),
+            )
+            for w in res.words
+        )
+        results.append(
+            WordEmbeddings(words, tensor_to_numpy(res.vectors), res.num_tokens, res.num_windows)
+        )
+    return results

@@ -1,0 +1,59 @@
+"""The one place that maps engine errors to gRPC status codes (with rich details)."""
+
+from __future__ import annotations
+
+import grpc
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from ctxembed.runtime.errors import InvalidInput
+
+
+class Overloaded(Exception):
+    """The request queue is full."""
+
+
+class DeadlineExpired(Exception):
+    """The request's deadline passed while it waited in the queue."""
+
+
+def invalid_argument(exc: InvalidInput, prefix: str = "") -> grpc.Status:
+    detail = error_details_pb2.BadRequest()
+    violation = detail.field_violations.add()
+    violation.field = exc.field
+    violation.description = exc.description
+    status = status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=prefix + str(exc))
+    status.details.add().Pack(detail)
+    return rpc_status.to_status(status)
+
+
+def plain(code: grpc.StatusCode, message: str) -> grpc.Status:
+    status = status_pb2.Status(code=code.value[0], message=message)
+    return rpc_status.to_status(status)
+
+
+def status_for(exc: BaseException, max_queue: int, prefix: str = "") -> grpc.Status | None:
+    """The status for an expected failure, or None for a bug (the caller reports INTERNAL)."""
+    if isinstance(exc, InvalidInput):
+        return invalid_argument(exc, prefix)
+    if isinstance(exc, Overloaded):
+        return plain(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"server overloaded: {max_queue} requests already queued; retry with backoff",
+        )
+    if isinstance(exc, DeadlineExpired):
+        return plain(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the request ran")
+    return None
+
+
+def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
+    """(field, description) pairs of an INVALID_ARGUMENT error's BadRequest details."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    found = []
+    if status is not None:
+        for detail in status.details:
+            if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                found.extend((v.field, v.description) for v in bad.field_violations)
+    return found

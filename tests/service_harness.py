@@ -1,0 +1,84 @@
+"""Run a real ctxembed server for tests: in a background thread (stats visible) or a process."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ctxembed.runtime import WordEmbedder
+from ctxembed.service.server import RunningServer, ServerSettings, start_server
+
+T = TypeVar("T")
+READY = re.compile(r"serving .* on (\S+):(\d+), ready in ([0-9.]+) s")
+
+
+class ThreadServer:
+    """A server on an ephemeral port, on its own event loop in a daemon thread."""
+
+    def __init__(self, embedder: WordEmbedder, **overrides: Any) -> None:
+        settings = replace(ServerSettings(model_dir=embedder.model_dir, port=0), **overrides)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.running: RunningServer = self.call(start_server(settings, embedder))
+        self.address = self.running.address
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:
+        fut: Future[T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return fut.result(timeout)
+
+    def stop(self, grace: float = 1.0) -> None:
+        self.call(self.running.shutdown(grace))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+
+class ProcessServer:
+    """``ctxembed serve`` in a subprocess, as users and `make serve` run it."""
+
+    def __init__(self, model_dir: Path, *extra: str) -> None:
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ctxembed.cli",
+                "serve",
+                "--model-dir",
+                str(model_dir),
+                "--port",
+                "0",
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self.lines: list[str] = []
+        deadline = time.monotonic() + 60
+        assert self.proc.stdout is not None
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("server exited early:\n" + "".join(self.lines))
+            self.lines.append(line)
+            match = READY.search(line)
+            if match:
+                self.address = f"{match.group(1)}:{match.group(2)}"
+                self.ready_s = float(match.group(3))
+                return
+        raise RuntimeError("server not ready in 60 s:\n" + "".join(self.lines))
+
+    def finish(self, timeout: float = 30) -> tuple[int, str]:
+        out, _ = self.proc.communicate(timeout=timeout)
+        return self.proc.returncode, "".join(self.lines) + out
