@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers import CORPUS
-from service_harness import ProcessServer, ThreadServer
 
+from benchmarks.harness import ProcessServer, ThreadServer
 from ctxembed.client import CHANNEL_OPTIONS, Client, WordNotFound
 from ctxembed.runtime import CharSpan, InvalidInput, TextInput, WordEmbedder
 from ctxembed.service.status import field_violations

@@ -84,6 +84,8 @@ class WordEmbedder:
             isolate_rows = session.variant.precision == "int8"
         self.isolate_rows = isolate_rows
         self._pad_id = manifest.tokenizer.pad_token_id
+        self._prefix = np.asarray(tokenizer.prefix_ids, dtype=np.int64)
+        self._suffix = np.asarray(tokenizer.suffix_ids, dtype=np.int64)
 
     @classmethod
     def load(
@@ -93,7 +95,7 @@ class WordEmbedder:
         *,
         variant: str | None = None,
         threads: int | None = None,
-        spinning: bool = False,
+        spinning: bool = True,
         stride: int | None = None,
         limits: Limits | None = None,
         run_batch_tokens: int = 256,
@@ -235,35 +237,31 @@ class WordEmbedder:
         text's vectors do not depend on what it is batched with.
         """
         outputs = [self.manifest.layer_outputs[i] for i in layer_ids]
-        prefix, suffix = self.tokenizer.prefix_ids, self.tokenizer.suffix_ids
-        rows: list[tuple[int, int]] = []  # (text, window) per model row
+        n_prefix, n_special = len(self.tokenizer.prefix_ids), self.tokenizer.num_special
+        rows: list[tuple[int, int, int, int]] = []  # (text, window, start, end) per model row
+        states = []
         for t, text in enumerate(texts):
-            if text.tokens.num_tokens and text.units.tokens.shape[0]:
-                rows.extend((t, w) for w in range(text.plan.count))
-        lengths = [
-            int(np.diff(texts[t].plan.windows[w])[0]) + len(prefix) + len(suffix) for t, w in rows
-        ]
+            n = text.tokens.num_tokens if text.units.tokens.shape[0] else 0
+            states.append(np.empty((len(outputs), n, self.dimension), np.float32))
+            if n:
+                rows.extend((t, w, s, e) for w, (s, e) in enumerate(text.plan.windows.tolist()))
+        lengths = [e - s + n_special for _, _, s, e in rows]
         order = sorted(range(len(rows)), key=lengths.__getitem__)
-        states = [
-            np.empty((len(outputs), text.tokens.num_tokens, self.dimension), np.float32)
-            if (text.tokens.num_tokens and text.units.tokens.shape[0])
-            else np.zeros((len(outputs), 0, self.dimension), np.float32)
-            for text in texts
-        ]
         for batch in self._buckets(order, lengths):
             width = lengths[batch[-1]]
             ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
             mask = np.zeros((len(batch), width), dtype=np.int64)
+            ids[:, :n_prefix] = self._prefix
             for r, row in enumerate(batch):
-                t, w = rows[row]
-                s, e = texts[t].plan.windows[w].tolist()
-                seq = np.r_[prefix, texts[t].tokens.ids[s:e], suffix]
-                ids[r, : seq.shape[0]] = seq
-                mask[r, : seq.shape[0]] = 1
-            result = np.stack(self.session.run(ids, mask, outputs)).astype(np.float32, copy=False)
+                t, _, s, e = rows[row]
+                end = n_prefix + e - s
+                ids[r, n_prefix:end] = texts[t].tokens.ids[s:e]
+                ids[r, end : end + len(self._suffix)] = self._suffix
+                mask[r, : end + len(self._suffix)] = 1
+            result = self.session.run(ids, mask, outputs)
             for r, row in enumerate(batch):
-                t, w = rows[row]
-                self._scatter(texts[t], w, result[:, r], states[t], len(prefix))
+                t, w, s, _ = rows[row]
+                self._scatter(texts[t], w, s, [out[r] for out in result], states[t], n_prefix)
         return states
 
     def _buckets(self, order: list[int], lengths: list[int]) -> list[list[int]]:
@@ -283,14 +281,22 @@ class WordEmbedder:
 
     @staticmethod
     def _scatter(
-        text: PreparedText, window: int, row_states: np.ndarray, target: np.ndarray, offset: int
+        text: PreparedText,
+        window: int,
+        start: int,
+        row_states: list[np.ndarray],
+        target: np.ndarray,
+        offset: int,
     ) -> None:
-        start = int(text.plan.windows[window, 0])
+        """Copy one model row's token states into the text's (layers, tokens, dim) array."""
         if text.plan.count == 1:
-            target[:] = row_states[:, offset : offset + text.tokens.num_tokens]
+            n = text.tokens.num_tokens
+            for k, layer in enumerate(row_states):
+                target[k] = layer[offset : offset + n]
             return
         idx = np.flatnonzero(text.plan.token_window == window)
-        target[:, idx] = row_states[:, offset + idx - start]
+        for k, layer in enumerate(row_states):
+            target[k, idx] = layer[offset + idx - start]
 
     # -- stage 3 -----------------------------------------------------------------------------
     def finish(

@@ -31,7 +31,8 @@ def pool(hidden: np.ndarray, ranges: np.ndarray, method: str) -> np.ndarray:
         return hidden[ranges[:, 1] - 1]
     if method == "first_last":
         return np.concatenate([hidden[ranges[:, 0]], hidden[ranges[:, 1] - 1]], axis=-1)
-    if bool(np.all(ranges[:, 1] - ranges[:, 0] == 1)):  # single-token words: nothing to reduce
+    lengths = ranges[:, 1] - ranges[:, 0]
+    if lengths.max() == 1:  # single-token words: nothing to reduce
         return hidden[ranges[:, 0]]
     gathered, valid = _gather(hidden, ranges)
     if method == "max":

@@ -6,6 +6,7 @@ tokenizer's pre-tokenizer words (``word_ids``); offsets are Unicode code points 
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -48,6 +49,8 @@ class TextTokenizer:
         self.prefix_ids: tuple[int, ...] = tuple(probe.ids[:first_content])
         self.suffix_ids: tuple[int, ...] = tuple(probe.ids[last_content + 1 :])
         self._normalizer = tokenizer.normalizer
+        # Words repeat a lot; normalizing each once keeps select_words cheap.
+        self.normalize = functools.lru_cache(maxsize=1 << 16)(self._normalize)
 
     @classmethod
     def from_file(cls, path: Path) -> TextTokenizer:
@@ -60,77 +63,91 @@ class TextTokenizer:
     def num_special(self) -> int:
         return len(self.prefix_ids) + len(self.suffix_ids)
 
-    def normalize(self, text: str) -> str:
+    def _normalize(self, text: str) -> str:
         """The text as the model sees it (lowercased, accents stripped... per the model)."""
         return self._normalizer.normalize_str(text) if self._normalizer is not None else text
 
     def tokenize_texts(self, texts: Sequence[str]) -> list[TokenizedText]:
         encodings = self._tok.encode_batch(list(texts), add_special_tokens=True)
-        return [_from_encoding(t, e) for t, e in zip(texts, encodings, strict=False)]
+        return [self._from_encoding(t, e) for t, e in zip(texts, encodings)]
 
     def tokenize_words(self, word_lists: Sequence[Sequence[str]]) -> list[TokenizedText]:
         encodings = self._tok.encode_batch(
             [list(w) for w in word_lists], is_pretokenized=True, add_special_tokens=True
         )
-        return [_from_pretokenized(w, e) for w, e in zip(word_lists, encodings, strict=False)]
+        return [self._from_pretokenized(w, e) for w, e in zip(word_lists, encodings)]
+
+    def _content(self, enc: Encoding) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+        """ids, offsets, word ids and pieces of the non-special tokens."""
+        mask = enc.special_tokens_mask
+        lo, hi = len(self.prefix_ids), len(mask) - len(self.suffix_ids)
+        if sum(mask) == self.num_special and all(mask[:lo]) and all(mask[hi:]):
+            # The usual layout, specials only around the text: plain slices, no fancy indexing.
+            ids = np.array(enc.ids[lo:hi], dtype=np.int64)
+            offsets = np.array(enc.offsets[lo:hi], dtype=np.int64).reshape(-1, 2)
+            words = enc.word_ids[lo:hi]
+            if None in words:
+                words = [-1 if w is None else w for w in words]
+            word_ids = np.array(words, dtype=np.int64)
+            return ids, offsets, word_ids, enc.tokens[lo:hi]
+        keep = np.flatnonzero(np.asarray(mask, dtype=np.int8) == 0)
+        ids = np.asarray(enc.ids, dtype=np.int64)[keep]
+        offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)[keep]
+        word_ids = np.asarray([-1 if w is None else w for w in enc.word_ids], dtype=np.int64)[keep]
+        tokens = enc.tokens
+        return ids, offsets, word_ids, [tokens[i] for i in keep.tolist()]
+
+    def _from_encoding(self, text: str, enc: Encoding) -> TokenizedText:
+        ids, offsets, word_ids, pieces = self._content(enc)
+        word_tokens = _word_ranges(word_ids)
+        word_chars = np.empty_like(word_tokens)
+        word_chars[:, 0] = offsets[word_tokens[:, 0], 0]
+        word_chars[:, 1] = offsets[word_tokens[:, 1] - 1, 1]
+        if not text.isascii():
+            _extend_over_marks(text, word_chars[:, 1])
+        index = np.arange(word_tokens.shape[0], dtype=np.int64)
+        return TokenizedText(text, ids, offsets, pieces, word_tokens, word_chars, index)
+
+    def _from_pretokenized(self, words: Sequence[str], enc: Encoding) -> TokenizedText:
+        ids, offsets, word_ids, pieces = self._content(enc)
+        lengths = np.fromiter((len(w) for w in words), dtype=np.int64, count=len(words))
+        begin = np.zeros_like(lengths)
+        np.cumsum(lengths[:-1] + 1, out=begin[1:])
+        # Offsets of pre-split input are relative to each word: shift them into the joined text.
+        offsets = offsets + begin[word_ids][:, None]
+        word_tokens = _word_ranges(word_ids)
+        present = word_ids[word_tokens[:, 0]]
+        word_chars = np.empty_like(word_tokens)
+        word_chars[:, 0] = begin[present]
+        word_chars[:, 1] = begin[present] + lengths[present]
+        return TokenizedText(
+            " ".join(words), ids, offsets, pieces, word_tokens, word_chars, present
+        )
 
     def token_id(self, piece: str) -> int | None:
         return self._tok.token_to_id(piece)
 
 
-def _content(enc: Encoding) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """ids, offsets, word ids and pieces of the non-special tokens."""
-    keep = np.flatnonzero(np.asarray(enc.special_tokens_mask, dtype=np.int8) == 0)
-    ids = np.asarray(enc.ids, dtype=np.int64)[keep]
-    offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)[keep]
-    word_ids = np.asarray([-1 if w is None else w for w in enc.word_ids], dtype=np.int64)[keep]
-    tokens = enc.tokens
-    pieces = [tokens[i] for i in keep.tolist()]
-    return ids, offsets, word_ids, pieces
+def _word_ranges(word_ids: np.ndarray) -> np.ndarray:
+    """(w, 2) token range of each word; words are runs of equal word ids."""
+    n = word_ids.shape[0]
+    change = np.empty(n, dtype=bool)
+    if n:
+        change[0] = True
+        np.not_equal(word_ids[1:], word_ids[:-1], out=change[1:])
+    starts = np.flatnonzero(change)
+    ranges = np.empty((starts.shape[0], 2), dtype=np.int64)
+    ranges[:, 0] = starts
+    ranges[:-1, 1] = starts[1:]
+    if starts.shape[0]:
+        ranges[-1, 1] = n
+    return ranges
 
 
-def _word_starts(word_ids: np.ndarray) -> np.ndarray:
-    """Token index where each word begins (words are runs of equal word ids)."""
-    if word_ids.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.flatnonzero(np.r_[True, word_ids[1:] != word_ids[:-1]])
-
-
-def _extend_over_marks(text: str, ends: np.ndarray) -> np.ndarray:
-    """Extend word ends over combining marks that normalization dropped (e.g. "cafe\\u0301")."""
-    out = ends.copy()
+def _extend_over_marks(text: str, ends: np.ndarray) -> None:
+    """Extend word ends (in place) over combining marks that normalization dropped."""
     n = len(text)
     for i, end in enumerate(ends.tolist()):
         while end < n and unicodedata.category(text[end]).startswith("M"):
             end += 1
-        out[i] = end
-    return out
-
-
-def _from_encoding(text: str, enc: Encoding) -> TokenizedText:
-    ids, offsets, word_ids, pieces = _content(enc)
-    starts = _word_starts(word_ids)
-    ends = np.r_[starts[1:], ids.shape[0]].astype(np.int64)
-    word_tokens = np.stack([starts, ends], axis=1) if starts.size else np.zeros((0, 2), np.int64)
-    char_start = offsets[starts, 0] if starts.size else np.zeros(0, np.int64)
-    char_end = offsets[ends - 1, 1] if starts.size else np.zeros(0, np.int64)
-    if not text.isascii():
-        char_end = _extend_over_marks(text, char_end)
-    word_chars = np.stack([char_start, char_end], axis=1)
-    return TokenizedText(
-        text, ids, offsets, pieces, word_tokens, word_chars, np.arange(starts.size, dtype=np.int64)
-    )
-
-
-def _from_pretokenized(words: Sequence[str], enc: Encoding) -> TokenizedText:
-    ids, offsets, word_ids, pieces = _content(enc)
-    lengths = np.fromiter((len(w) for w in words), dtype=np.int64, count=len(words))
-    word_begin = np.r_[0, np.cumsum(lengths + 1)[:-1]] if len(words) else lengths
-    # Offsets of pre-split input are relative to each word: shift them into the joined text.
-    offsets = offsets + word_begin[word_ids][:, None] if ids.size else offsets
-    starts = _word_starts(word_ids)
-    ends = np.r_[starts[1:], ids.shape[0]].astype(np.int64)
-    present = word_ids[starts] if starts.size else np.zeros(0, np.int64)
-    word_chars = np.stack([word_begin[present], word_begin[present] + lengths[present]], axis=1)
-    word_tokens = np.stack([starts, ends], axis=1) if starts.size else np.zeros((0, 2), np.int64)
-    return TokenizedText(" ".join(words), ids, offsets, pieces, word_tokens, word_chars, present)
+        ends[i] = end

@@ -44,6 +44,7 @@ class BatcherStats:
     prepare_s: float = 0.0
     run_s: float = 0.0
     pool_s: float = 0.0
+    serialize_s: float = 0.0
     batch_sizes: list[int] = field(default_factory=list)
 
     def snapshot(self) -> dict[str, float | int]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import signal
 import time
@@ -151,5 +152,10 @@ async def serve(settings: ServerSettings) -> int:
     await stop.wait()
     log.info("ctxembed stopping: finishing in-flight requests (grace %.1f s)", settings.grace_s)
     await running.shutdown(settings.grace_s)
-    log.info("ctxembed stopped (%d requests served)", running.batcher.stats.requests_done)
+    stats = running.batcher.stats
+    log.info(
+        "ctxembed stopped (%d requests served); stats %s",
+        stats.requests_done,
+        json.dumps(stats.snapshot()),
+    )
     return 0

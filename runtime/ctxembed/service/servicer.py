@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator
 from importlib import metadata
 
@@ -47,7 +48,10 @@ class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
             raise InvalidInput("inputs", "must not be empty")
         call = call_from_request(request)
         results = await self.batcher.submit(call, context.time_remaining())
-        return response_from_results(results)
+        start = time.perf_counter()
+        response = response_from_results(results)
+        self.batcher.stats.serialize_s += time.perf_counter() - start
+        return response
 
     async def _abort(
         self, context: grpc.aio.ServicerContext, exc: Exception, prefix: str = ""

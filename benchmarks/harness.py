@@ -1,4 +1,7 @@
-"""Run a real ctxembed server for tests: in a background thread (stats visible) or a process."""
+"""Run a real ctxembed server: in a background thread (stats visible) or as `ctxembed serve`.
+
+Shared by the tests and the benchmarks.
+"""
 
 from __future__ import annotations
 
@@ -78,6 +81,15 @@ class ProcessServer:
                 self.ready_s = float(match.group(3))
                 return
         raise RuntimeError("server not ready in 60 s:\n" + "".join(self.lines))
+
+    @property
+    def peak_rss_mb(self) -> float:
+        """The server's peak resident memory so far (VmHWM), in MB."""
+        with open(f"/proc/{self.proc.pid}/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+        return float("nan")
 
     def finish(self, timeout: float = 30) -> tuple[int, str]:
         out, _ = self.proc.communicate(timeout=timeout)

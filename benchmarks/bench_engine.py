@@ -1,0 +1,113 @@
+"""Engine figures (issue: embed ≤ 1.15× a bare session.run; words/s; RSS < 300 MB).
+
+    python -m benchmarks.bench_engine --model-dir DIR [--variant int8] [--texts N]
+
+Bare session and embed are timed interleaved, call by call, so that the machine's drift hits
+both alike; the ratio of their medians is the overhead of tokenize + pool + bookkeeping.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from benchmarks.engines import BANK, BATCH, load_corpus
+from benchmarks.stats import percentiles, ratio
+from ctxembed.runtime import TextInput, WordEmbedder
+
+
+def bank_overhead(emb: WordEmbedder, reps: int) -> dict[str, Any]:
+    inputs = [TextInput(text=BANK, select_words=["bank"])]
+    prepared = emb.prepare(inputs)
+    tok = prepared.texts[0].tokens
+    ids = np.concatenate([emb._prefix, tok.ids, emb._suffix])[None, :]
+    mask = np.ones_like(ids)
+    output = [emb.manifest.layer_outputs[emb.manifest.num_layers]]
+    bare, full, prep, fwd, fin = [], [], [], [], []
+    for i in range(reps + 20):
+        t0 = time.perf_counter()
+        emb.session.run(ids, mask, output)
+        t1 = time.perf_counter()
+        emb.embed(inputs)
+        t2 = time.perf_counter()
+        p = emb.prepare(inputs)
+        t3 = time.perf_counter()
+        states = emb.forward(p.texts, p.layer_ids)
+        t4 = time.perf_counter()
+        emb.finish(p, states, p.layer_ids)
+        t5 = time.perf_counter()
+        if i >= 20:
+            bare.append(t1 - t0)
+            full.append(t2 - t1)
+            prep.append(t3 - t2)
+            fwd.append(t4 - t3)
+            fin.append(t5 - t4)
+    b, f = percentiles(bare), percentiles(full)
+    return {
+        "tokens": int(ids.shape[1]),
+        "bare_session": b,
+        "embed": f,
+        "ratio_p50": ratio(f["p50_ms"], b["p50_ms"]),
+        "stages_p50_ms": {"tokenize": percentiles(prep)["p50_ms"],
+                          "run": percentiles(fwd)["p50_ms"],
+                          "pool": percentiles(fin)["p50_ms"]},
+    }
+
+
+def corpus_throughput(emb: WordEmbedder, texts: Sequence[str]) -> dict[str, Any]:
+    """Words/s of embed() in calls of 32, next to the bare session on the same token ids."""
+    batches = [list(texts[i : i + BATCH]) for i in range(0, len(texts), BATCH)]
+    emb.embed(batches[0])
+    start = time.perf_counter()
+    words = sum(len(r.words) for b in batches for r in emb.embed(b))
+    embed_s = time.perf_counter() - start
+    # The bare session gets each call's texts padded to that call's longest, truncated to the
+    # window: what a hand-written loop around session.run does.
+    output = [emb.manifest.layer_outputs[emb.manifest.num_layers]]
+    feeds = []
+    for b in batches:
+        rows = [np.concatenate([emb._prefix, t.tokens.ids[: emb.capacity], emb._suffix])
+                for t in emb.prepare(b).texts]
+        width = max(r.shape[0] for r in rows)
+        ids = np.zeros((len(rows), width), np.int64)
+        mask = np.zeros_like(ids)
+        for i, r in enumerate(rows):
+            ids[i, : r.shape[0]], mask[i, : r.shape[0]] = r, 1
+        feeds.append((ids, mask))
+    start = time.perf_counter()
+    for ids, mask in feeds:
+        emb.session.run(ids, mask, output)
+    bare_s = time.perf_counter() - start
+    return {"texts": len(texts), "words": words, "embed_words_per_s": words / embed_s,
+            "bare_session_words_per_s": words / bare_s, "embed_texts_per_s": len(texts) / embed_s}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model-dir", required=True)
+    p.add_argument("--variant", default="int8")
+    p.add_argument("--texts", type=int, default=None, help="corpus lines (default: all)")
+    p.add_argument("--reps", type=int, default=500)
+    args = p.parse_args(argv)
+    emb = WordEmbedder.load(args.model_dir, provider="cpu", variant=args.variant)
+    result = {
+        "variant": args.variant,
+        "threads": emb.session.threads,
+        "bank": bank_overhead(emb, args.reps),
+        "corpus": corpus_throughput(emb, load_corpus(args.texts)),
+        # ru_maxrss is in KiB on Linux: the whole process, model and Python included.
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+    json.dump(result, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
