@@ -55,9 +55,11 @@ def bank_overhead(emb: WordEmbedder, reps: int) -> dict[str, Any]:
         "bare_session": b,
         "embed": f,
         "ratio_p50": ratio(f["p50_ms"], b["p50_ms"]),
-        "stages_p50_ms": {"tokenize": percentiles(prep)["p50_ms"],
-                          "run": percentiles(fwd)["p50_ms"],
-                          "pool": percentiles(fin)["p50_ms"]},
+        "stages_p50_ms": {
+            "tokenize": percentiles(prep)["p50_ms"],
+            "run": percentiles(fwd)["p50_ms"],
+            "pool": percentiles(fin)["p50_ms"],
+        },
     }
 
 
@@ -73,8 +75,10 @@ def corpus_throughput(emb: WordEmbedder, texts: Sequence[str]) -> dict[str, Any]
     output = [emb.manifest.layer_outputs[emb.manifest.num_layers]]
     feeds = []
     for b in batches:
-        rows = [np.concatenate([emb._prefix, t.tokens.ids[: emb.capacity], emb._suffix])
-                for t in emb.prepare(b).texts]
+        rows = [
+            np.concatenate([emb._prefix, t.tokens.ids[: emb.capacity], emb._suffix])
+            for t in emb.prepare(b).texts
+        ]
         width = max(r.shape[0] for r in rows)
         ids = np.zeros((len(rows), width), np.int64)
         mask = np.zeros_like(ids)
@@ -85,8 +89,13 @@ def corpus_throughput(emb: WordEmbedder, texts: Sequence[str]) -> dict[str, Any]
     for ids, mask in feeds:
         emb.session.run(ids, mask, output)
     bare_s = time.perf_counter() - start
-    return {"texts": len(texts), "words": words, "embed_words_per_s": words / embed_s,
-            "bare_session_words_per_s": words / bare_s, "embed_texts_per_s": len(texts) / embed_s}
+    return {
+        "texts": len(texts),
+        "words": words,
+        "embed_words_per_s": words / embed_s,
+        "bare_session_words_per_s": words / bare_s,
+        "embed_texts_per_s": len(texts) / embed_s,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:

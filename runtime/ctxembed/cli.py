@@ -15,6 +15,7 @@ from pathlib import Path
 from ctxembed.runtime.errors import CtxembedError
 from ctxembed.runtime.types import Limits
 
+SERVE_SPINNING = True  # measured by `make bench` (spinning on/off); see README
 EXPORT_EXTRA_HINT = "pip install torch==2.13.0 'ctxembed[export]'"
 
 
@@ -135,7 +136,10 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--threads", type=int, default=None, help="ONNX Runtime threads (default: cores)"
     )
     p.add_argument(
-        "--spinning", action="store_true", help="let idle ORT threads spin (default off)"
+        "--spinning",
+        action=argparse.BooleanOptionalAction,
+        default=SERVE_SPINNING,
+        help="let idle ONNX Runtime threads spin between runs",
     )
     p.add_argument("--stride", type=int, default=None, help="window stride for long texts (tokens)")
     p.add_argument("--max-batch-tokens", type=int, default=8192, help="micro-batch token budget")

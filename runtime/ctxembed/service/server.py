@@ -36,7 +36,7 @@ class ServerSettings:
     provider: str = "auto"
     variant: str | None = None
     threads: int | None = None
-    spinning: bool = False
+    spinning: bool = True
     stride: int | None = None
     max_batch_tokens: int = 8192  # micro-batch flush budget (requests gathered per batch)
     run_batch_tokens: int = 256  # padded tokens per ONNX run inside a micro-batch

@@ -1,0 +1,155 @@
+"""gRPC figures: start-up, one-client latency vs in-process, throughput vs concurrency, RSS.
+
+python -m benchmarks.bench_grpc --model-dir DIR [--seconds S] [--levels 1,4,16,32,64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from benchmarks.engines import BANK, time_calls
+from benchmarks.harness import ProcessServer
+from benchmarks.stats import percentiles
+from ctxembed.client import Client
+from ctxembed.runtime import TextInput, WordEmbedder
+
+STATS = re.compile(r"stats (\{.*\})")
+
+
+def start_server(model_dir: Path, extra: Sequence[str]) -> tuple[ProcessServer, float]:
+    """Start `ctxembed serve`; seconds from process start to health SERVING."""
+    t0 = time.perf_counter()
+    server = ProcessServer(model_dir, *extra)
+    with grpc.insecure_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        while (
+            health.Check(health_pb2.HealthCheckRequest()).status
+            != health_pb2.HealthCheckResponse.SERVING
+        ):
+            time.sleep(0.005)
+    return server, time.perf_counter() - t0
+
+
+def import_torch_seconds() -> float:
+    code = (
+        "import time; t=time.perf_counter(); import torch, transformers; "
+        "print(time.perf_counter()-t)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    try:
+        return float(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return float("nan")
+
+
+def load(address: str, concurrency: int, seconds: float) -> dict[str, Any]:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.load",
+            "--server",
+            address,
+            "--concurrency",
+            str(concurrency),
+            "--seconds",
+            str(seconds),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def stop(server: ProcessServer) -> dict[str, Any]:
+    server.proc.send_signal(signal.SIGTERM)
+    code, log = server.finish()
+    match = STATS.search(log)
+    stats: dict[str, Any] = json.loads(match.group(1)) if match else {}
+    stats["exit_code"] = code
+    return stats
+
+
+def stage_split(stats: dict[str, Any]) -> dict[str, float]:
+    """Milliseconds per request spent in each server stage."""
+    n = max(1, int(stats.get("requests_done", 0)))
+    return {
+        name: 1000 * float(stats.get(f"{name}_s", 0.0)) / n
+        for name in ("queue", "prepare", "run", "pool", "serialize")
+    }
+
+
+def one_client(address: str, reps: int) -> dict[str, Any]:
+    """Bank-sentence latency, and an empty RPC's (GetModelInfo): gRPC's own floor here."""
+    bank = [TextInput(text=BANK, select_words=["bank"])]
+    with Client(address) as client:
+        embed = percentiles(time_calls(lambda: client.embed(bank), reps, warmup=50))
+        floor = percentiles(time_calls(client.info, reps, warmup=50))
+    return {**embed, "empty_rpc": floor}
+
+
+def run_setting(
+    model_dir: Path, extra: Sequence[str], levels: Sequence[int], seconds: float, reps: int
+) -> dict[str, Any]:
+    server, startup = start_server(model_dir, extra)
+    try:
+        single = one_client(server.address, reps)
+        sweep = [load(server.address, c, seconds) for c in levels]
+        rss = server.peak_rss_mb
+    finally:
+        stats = stop(server)
+    return {
+        "flags": list(extra),
+        "startup_s": startup,
+        "ready_line_s": server.ready_s,
+        "one_client": single,
+        "concurrency": sweep,
+        "peak_rss_mb": rss,
+        "server_stats": stats,
+        "stage_ms_per_request": stage_split(stats),
+    }
+
+
+def in_process_bank(model_dir: Path, reps: int) -> dict[str, float]:
+    emb = WordEmbedder.load(model_dir, provider="cpu")
+    bank = [TextInput(text=BANK, select_words=["bank"])]
+    return percentiles(time_calls(lambda: emb.embed(bank), reps, warmup=50))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model-dir", type=Path, required=True)
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--levels", default="1,4,16,32,64")
+    p.add_argument("--reps", type=int, default=500)
+    p.add_argument("--compare-spinning", action="store_true")
+    args = p.parse_args(argv)
+    levels = [int(x) for x in args.levels.split(",")]
+    result: dict[str, Any] = {
+        "in_process_bank": in_process_bank(args.model_dir, args.reps),
+        "import_torch_transformers_s": import_torch_seconds(),
+        "default": run_setting(args.model_dir, [], levels, args.seconds, args.reps),
+    }
+    if args.compare_spinning:
+        for flag in ("--spinning", "--no-spinning"):
+            result[flag] = run_setting(args.model_dir, [flag], [1, 32], args.seconds, args.reps)
+    json.dump(result, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""Closed-loop gRPC load: C concurrent clients, each sending one corpus sentence per call.
+
+    python -m benchmarks.load --server HOST:PORT --concurrency C --seconds S
+
+Runs in its own process (grpc.aio, one channel) and prints JSON: latency percentiles, texts/s,
+words/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Sequence
+
+import grpc
+
+from benchmarks.engines import load_corpus
+from benchmarks.stats import percentiles
+from ctxembed.client import CHANNEL_OPTIONS
+from ctxembed.v1 import embedder_pb2 as pb
+from ctxembed.v1 import embedder_pb2_grpc as pb_grpc
+
+
+async def run(server: str, concurrency: int, seconds: float, warmup: float) -> dict[str, float]:
+    texts = load_corpus(None)
+    latencies: list[float] = []
+    counts = {"texts": 0, "words": 0, "errors": 0}
+    async with grpc.aio.insecure_channel(server, options=CHANNEL_OPTIONS) as channel:
+        stub = pb_grpc.WordEmbedderStub(channel)
+        start = time.perf_counter()
+        measure_from, stop_at = start + warmup, start + warmup + seconds
+
+        async def client(k: int) -> None:
+            i = k * 997
+            while (now := time.perf_counter()) < stop_at:
+                request = pb.EmbedRequest(inputs=[pb.TextInput(text=texts[i % len(texts)])])
+                i += 1
+                try:
+                    response = await stub.Embed(request, timeout=30)
+                except grpc.aio.AioRpcError:
+                    counts["errors"] += 1
+                    continue
+                if now >= measure_from:
+                    latencies.append(time.perf_counter() - now)
+                    counts["texts"] += 1
+                    counts["words"] += len(response.results[0].words)
+
+        await asyncio.gather(*(client(k) for k in range(concurrency)))
+    return {
+        "concurrency": concurrency,
+        **percentiles(latencies),
+        "texts_per_s": counts["texts"] / seconds,
+        "words_per_s": counts["words"] / seconds,
+        "errors": counts["errors"],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--server", required=True)
+    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--warmup", type=float, default=1.0)
+    args = p.parse_args(argv)
+    json.dump(
+        asyncio.run(run(args.server, args.concurrency, args.seconds, args.warmup)), sys.stdout
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
