@@ -3,6 +3,7 @@ PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ctxembed-installed
+BENCH_STAMP := $(VENV)/.ctxembed-bench-installed
 MODEL_DIR ?= models/all-MiniLM-L6-v2
 HOST ?= 127.0.0.1
 PORT ?= 50051
@@ -35,10 +36,15 @@ export: $(STAMP)
 serve: $(STAMP) $(MODEL_DIR)/manifest.json
 	$(BIN)/ctxembed serve --model-dir $(MODEL_DIR) --host $(HOST) --port $(PORT)
 
-bench: $(STAMP) $(MODEL_DIR)/manifest.json
+# flair (a baseline) pins older helpers than constraints.txt: benchmarks get their own tested set.
+$(BENCH_STAMP): $(STAMP) constraints-bench.txt
+	$(BIN)/python -m pip install -q -c constraints-bench.txt -e '.[export,dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP) $(MODEL_DIR)/manifest.json
 	$(BIN)/python -m benchmarks.run --quick --model-dir $(MODEL_DIR)
 
-bench-full: $(STAMP) $(MODEL_DIR)/manifest.json
+bench-full: $(BENCH_STAMP) $(MODEL_DIR)/manifest.json
 	$(BIN)/python -m benchmarks.run --model-dir $(MODEL_DIR)
 
 # Regenerate the committed protobuf code (tests/test_proto.py checks it is current).

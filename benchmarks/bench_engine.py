@@ -89,9 +89,11 @@ def corpus_throughput(emb: WordEmbedder, texts: Sequence[str]) -> dict[str, Any]
     for ids, mask in feeds:
         emb.session.run(ids, mask, output)
     bare_s = time.perf_counter() - start
+    tokens = sum(t.tokens.num_tokens for b in batches for t in emb.prepare(b).texts)
     return {
         "texts": len(texts),
         "words": words,
+        "tokens": tokens,
         "embed_words_per_s": words / embed_s,
         "bare_session_words_per_s": words / bare_s,
         "embed_texts_per_s": len(texts) / embed_s,

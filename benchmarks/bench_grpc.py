@@ -54,7 +54,8 @@ def import_torch_seconds() -> float:
         return float("nan")
 
 
-def load(address: str, concurrency: int, seconds: float) -> dict[str, Any]:
+def load(address: str, concurrency: int, seconds: float, texts: int | None) -> dict[str, Any]:
+    limit = ["--texts", str(texts)] if texts else []
     out = subprocess.run(
         [
             sys.executable,
@@ -66,6 +67,7 @@ def load(address: str, concurrency: int, seconds: float) -> dict[str, Any]:
             str(concurrency),
             "--seconds",
             str(seconds),
+            *limit,
         ],
         capture_output=True,
         text=True,
@@ -103,12 +105,17 @@ def one_client(address: str, reps: int) -> dict[str, Any]:
 
 
 def run_setting(
-    model_dir: Path, extra: Sequence[str], levels: Sequence[int], seconds: float, reps: int
+    model_dir: Path,
+    extra: Sequence[str],
+    levels: Sequence[int],
+    seconds: float,
+    reps: int,
+    texts: int | None = None,
 ) -> dict[str, Any]:
     server, startup = start_server(model_dir, extra)
     try:
         single = one_client(server.address, reps)
-        sweep = [load(server.address, c, seconds) for c in levels]
+        sweep = [load(server.address, c, seconds, texts) for c in levels]
         rss = server.peak_rss_mb
     finally:
         stats = stop(server)

@@ -142,7 +142,7 @@ def run_flair(args: argparse.Namespace) -> dict[str, Any]:
         allow_long_sentences=True,
     )
 
-    def embed(texts: Sequence[str], size: int) -> None:
+    def embed(texts: Sequence[str]) -> None:
         sentences = [Sentence(t) for t in texts]
         emb.embed(sentences)
         for s in sentences:
@@ -150,10 +150,8 @@ def run_flair(args: argparse.Namespace) -> dict[str, Any]:
                 token.embedding.numpy()
 
     texts = load_corpus(args.texts)
-    lat = time_calls(lambda: embed([BANK], 1), args.reps)
-    by_batch = {
-        str(b): throughput(lambda x, b=b: embed(x, b), texts, b, repeats=1) for b in (1, 8, 32)
-    }
+    lat = time_calls(lambda: embed([BANK]), args.reps)
+    by_batch = {str(b): throughput(embed, texts, b, repeats=1) for b in (1, 8, 32)}
     return {
         "latency": percentiles(lat),
         "texts_per_s": max(by_batch.values()),

@@ -24,8 +24,10 @@ from ctxembed.v1 import embedder_pb2 as pb
 from ctxembed.v1 import embedder_pb2_grpc as pb_grpc
 
 
-async def run(server: str, concurrency: int, seconds: float, warmup: float) -> dict[str, float]:
-    texts = load_corpus(None)
+async def run(
+    server: str, concurrency: int, seconds: float, warmup: float, limit: int | None
+) -> dict[str, float]:
+    texts = load_corpus(limit)
     latencies: list[float] = []
     counts = {"texts": 0, "words": 0, "errors": 0}
     async with grpc.aio.insecure_channel(server, options=CHANNEL_OPTIONS) as channel:
@@ -64,9 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--texts", type=int, default=None, help="corpus lines to cycle through")
     args = p.parse_args(argv)
     json.dump(
-        asyncio.run(run(args.server, args.concurrency, args.seconds, args.warmup)), sys.stdout
+        asyncio.run(run(args.server, args.concurrency, args.seconds, args.warmup, args.texts)),
+        sys.stdout,
     )
     return 0
 

@@ -133,7 +133,7 @@ class AsyncClient:
         await self.close()
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(grace=None)
 
     async def embed(
         self, inputs: Sequence[InputLike], *, timeout: float | None = None, **options: Any

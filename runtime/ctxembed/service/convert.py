@@ -5,7 +5,7 @@ Vectors travel as raw little-endian bytes: building ``repeated float`` in Python
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,7 @@ COMBINE_TO_PB = {"mean": pb.LAYER_MEAN, "concat": pb.LAYER_CONCAT}
 COMBINE_FROM_PB = {v: k for k, v in COMBINE_TO_PB.items()} | {pb.LAYER_COMBINE_UNSPECIFIED: "mean"}
 DTYPE_TO_PB = {"float32": pb.FLOAT32, "float16": pb.FLOAT16}
 DTYPE_FROM_PB = {v: k for k, v in DTYPE_TO_PB.items()} | {pb.DTYPE_UNSPECIFIED: "float32"}
-NUMPY_DTYPE = {pb.FLOAT32: np.dtype("<f4"), pb.FLOAT16: np.dtype("<f2")}
+NUMPY_DTYPE: dict[int, np.dtype[Any]] = {pb.FLOAT32: np.dtype("<f4"), pb.FLOAT16: np.dtype("<f2")}
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class EmbedCall:
         )
 
 
-def _enum(table: dict[int, str], value: int, field: str) -> str:
+def _enum(table: Mapping[Any, str], value: int, field: str) -> str:
     try:
         return table[value]
     except KeyError:
@@ -123,21 +123,22 @@ def request_from_call(
         normalize=normalize,
         include_tokens=include_tokens,
     )
-    for i, value in enumerate(inputs):
+    for i, inp in enumerate(inputs):
         item = request.inputs.add()
-        if isinstance(value, str):
-            item.text = value
+        if isinstance(inp, str):
+            item.text = inp
             continue
-        if not isinstance(value, TextInput):
-            value = TextInput(words=list(value))
-        if value.text is not None:
-            item.text = value.text
-        elif value.words is not None:
-            item.words.words.extend(value.words)
+        if not isinstance(inp, TextInput):
+            item.words.words.extend(inp)
+            continue
+        if inp.text is not None:
+            item.text = inp.text
+        elif inp.words is not None:
+            item.words.words.extend(inp.words)
         else:
             raise InvalidInput(f"inputs[{i}]", "set exactly one of text and words")
-        item.select_words.extend(value.select_words)
-        for span in value.select_spans:
+        item.select_words.extend(inp.select_words)
+        for span in inp.select_spans:
             item.select_spans.add(start=span.start, end=span.end)
     return request
 

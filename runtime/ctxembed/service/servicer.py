@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from importlib import metadata
+from typing import Any
 
 import grpc
 import onnxruntime as ort
@@ -20,6 +21,7 @@ from ctxembed.v1 import embedder_pb2 as pb
 from ctxembed.v1 import embedder_pb2_grpc as pb_grpc
 
 log = logging.getLogger("ctxembed.service")
+Context = grpc.aio.ServicerContext[Any, Any]
 STREAM_WINDOW = 16  # stream requests in flight at once (responses still go out in order)
 
 
@@ -36,9 +38,7 @@ class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
         self.batcher = batcher
         self.limits = limits
 
-    async def _embed(
-        self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext
-    ) -> pb.EmbedResponse:
+    async def _embed(self, request: pb.EmbedRequest, context: Context) -> pb.EmbedResponse:
         if len(request.inputs) > self.limits.max_inputs_per_request:
             limit = self.limits.max_inputs_per_request
             raise InvalidInput(
@@ -53,18 +53,14 @@ class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
         self.batcher.stats.serialize_s += time.perf_counter() - start
         return response
 
-    async def _abort(
-        self, context: grpc.aio.ServicerContext, exc: Exception, prefix: str = ""
-    ) -> None:
+    async def _abort(self, context: Context, exc: Exception, prefix: str = "") -> None:
         status = status_for(exc, self.batcher.max_queue, prefix)
         if status is None:
             log.error("internal error", exc_info=exc)
             status = plain(grpc.StatusCode.INTERNAL, "internal error; see the server log")
-        await context.abort_with_status(status)
+        await context.abort_with_status(status)  # type: ignore[attr-defined]
 
-    async def Embed(
-        self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext
-    ) -> pb.EmbedResponse:
+    async def Embed(self, request: pb.EmbedRequest, context: Context) -> pb.EmbedResponse:
         try:
             return await self._embed(request, context)
         except asyncio.CancelledError:
@@ -74,7 +70,7 @@ class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
             raise AssertionError("unreachable: abort raises") from exc
 
     async def EmbedStream(
-        self, request_iterator: AsyncIterator[pb.EmbedRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[pb.EmbedRequest], context: Context
     ) -> AsyncIterator[pb.EmbedResponse]:
         pending: asyncio.Queue[asyncio.Task[pb.EmbedResponse] | None] = asyncio.Queue(STREAM_WINDOW)
 
@@ -104,9 +100,7 @@ class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
 
-    async def GetModelInfo(
-        self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
-    ) -> pb.ModelInfo:
+    async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Context) -> pb.ModelInfo:
         m = self.embedder.manifest
         limits = self.limits
         return pb.ModelInfo(

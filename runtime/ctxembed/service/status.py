@@ -49,7 +49,7 @@ def status_for(exc: BaseException, max_queue: int, prefix: str = "") -> grpc.Sta
 def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
     """(field, description) pairs of an INVALID_ARGUMENT error's BadRequest details."""
     status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    found = []
+    found: list[tuple[str, str]] = []
     if status is not None:
         for detail in status.details:
             if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):

@@ -1,0 +1,209 @@
+"""Markdown tables and PNG plots from a benchmark result."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+ENGINE_NAMES = {
+    "usual": "transformers + PyTorch eager (usual recipe)",
+    "flair": "flair TransformerWordEmbeddings",
+    "optimum": "optimum ORTModelForFeatureExtraction (int8 file)",
+    "ctxembed-fp32": "ctxembed in-process, fp32",
+    "ctxembed-int8": "ctxembed in-process, int8",
+}
+
+
+def _f(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m, peak, sizes = result["machine"], result["matmul_peak"], result["installed_size_mb"]
+    lines = [
+        f"# ctxembed benchmarks ({result['mode']}, {result['started']})",
+        "",
+        f"Machine: {m['cpu']}, {m['logical_cpus']} CPUs, flags {', '.join(m['cpu_flags'])};"
+        f" Python {m['python']}; " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
+        "",
+        f"Matrix-multiply rate through onnxruntime: fp32 {_f(peak['fp32_gflops'], 0)}"
+        f" GFLOP/s, int8 {_f(peak['int8_gflops'], 0)} GFLOP/s."
+        f" Import torch + transformers: {_f(result['import_torch_transformers_s'])} s."
+        f" Installed size: runtime-only {_f(sizes['runtime_only'], 0)} MB,"
+        f" usual recipe (torch + transformers) {_f(sizes['usual_recipe'], 0)} MB.",
+    ]
+    for label, model in result["models"].items():
+        lines += [
+            "",
+            f"## {label}" + ("" if model["accuracy_claimed"] else " — timing only, random weights"),
+            "",
+        ]
+        lines += ["| engine | bank p50 ms (spread) | corpus texts/s (spread) |", "|---|---|---|"]
+        for key, name in ENGINE_NAMES.items():
+            e = model["engines"].get(key, {})
+            if "error" in e:
+                lines.append(f"| {name} | not run: {e['error']} | |")
+                continue
+            lat, tps = e["latency_p50_ms"], e["texts_per_s"]
+            lines.append(
+                f"| {name} | {_f(lat['median'])} (±{_f(lat['spread_pct'], 0)}%) |"
+                f" {_f(tps['median'], 1)} (±{_f(tps['spread_pct'], 0)}%) |"
+            )
+        g = model["grpc"]["default"]
+        lines.append(
+            f"| ctxembed over gRPC, 1 client | {_f(g['one_client']['p50_ms'])} |"
+            f" {_f(g['concurrency'][0]['texts_per_s'], 1)} |"
+        )
+        lines += [
+            "",
+            "| gRPC clients | p50 ms | p90 ms | p99 ms | texts/s | words/s |",
+            "|---|---|---|---|---|---|",
+        ]
+        for c in g["concurrency"]:
+            lines.append(
+                f"| {c['concurrency']} | {_f(c['p50_ms'])} | {_f(c['p90_ms'])} |"
+                f" {_f(c['p99_ms'])} | {_f(c['texts_per_s'], 1)} | {_f(c['words_per_s'], 0)} |"
+            )
+        h, e = model["headline"], model["engine"]
+        lines += [
+            "",
+            f"- usual recipe ÷ ctxembed gRPC, bank p50: **{_f(h['usual_over_grpc_p50'])}×**",
+            f"- gRPC 32 clients ÷ flair best batched: **{_f(h['grpc32_over_flair'])}×**;"
+            f" ÷ optimum pipeline: **{_f(h['grpc32_over_optimum'])}×**;"
+            f" ÷ one gRPC client: **{_f(h['grpc32_over_grpc1'])}×**",
+            f"- gRPC p50 − in-process p50 (bank): {_f(h['grpc_p50_minus_in_process_ms'])} ms;"
+            f" an empty RPC (GetModelInfo) costs {_f(g['one_client']['empty_rpc']['p50_ms'])}"
+            " ms here",
+            f"- server start to SERVING: {_f(g['startup_s'])} s; peak server RSS under load:"
+            f" {_f(g['peak_rss_mb'], 0)} MB",
+        ]
+        if "error" not in e:
+            bank = e["bank"]
+            lines += [
+                f"- embed ÷ bare session.run (bank, int8, p50): **{_f(bank['ratio_p50'], 3)}×**"
+                f" ({_f(bank['embed']['p50_ms'], 3)} vs {_f(bank['bare_session']['p50_ms'], 3)}"
+                " ms)",
+                f"- corpus in calls of 32: embed {_f(e['corpus']['embed_words_per_s'], 0)} words/s,"
+                f" bare session {_f(e['corpus']['bare_session_words_per_s'], 0)} words/s;"
+                f" process peak RSS {_f(e['peak_rss_mb'], 0)} MB",
+            ]
+        b = model["grpc"].get("batch_int8_rows")
+        if b:
+            sweep = {c["concurrency"]: c for c in b["concurrency"]}
+            lines.append(
+                f"- with `--batch-int8-rows`: 32 clients {_f(sweep[32]['texts_per_s'], 1)}"
+                f" texts/s, one client {_f(sweep[1]['texts_per_s'], 1)} texts/s"
+            )
+        r = model.get("roofline") or {}
+        if r:
+            lines.append(
+                f"- roofline: {r['flops_per_token'] / 1e6:.1f} MFLOP/token at"
+                f" {_f(r['mean_tokens_per_text'], 1)} tokens/text; ctxembed int8 reaches"
+                f" {_f(100 * r['fraction_of_int8_peak'], 1)}% of the int8 matmul rate"
+                f" ({_f(100 * r['fraction_of_fp32_peak'], 1)}% of fp32's)"
+            )
+        split = g["stage_ms_per_request"]
+        lines.append(
+            "- server time per request (ms): "
+            + ", ".join(f"{k} {_f(v, 3)}" for k, v in split.items())
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plots(result: dict[str, Any], folder: Path, mode: str) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for label, model in result["models"].items():
+        sweep = model["grpc"]["default"]["concurrency"]
+        xs = [c["concurrency"] for c in sweep]
+        ax1.plot(xs, [c["p50_ms"] for c in sweep], marker="o", label=f"{label} p50")
+        ax1.plot(xs, [c["p99_ms"] for c in sweep], marker="x", linestyle="--", label=f"{label} p99")
+        ax2.plot(xs, [c["texts_per_s"] for c in sweep], marker="o", label=label)
+    for ax, title in (
+        (ax1, "latency (ms) vs concurrent clients"),
+        (ax2, "texts/s vs concurrent clients"),
+    ):
+        ax.set_xscale("log", base=2)
+        ax.set_title(title)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    written.append(folder / f"{mode}-latency-vs-concurrency.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, len(result["models"]), figsize=(6 * len(result["models"]), 4))
+    axes = axes if hasattr(axes, "__len__") else [axes]
+    for ax, (label, model) in zip(axes, result["models"].items()):
+        names, values = [], []
+        for key in ENGINE_NAMES:
+            e = model["engines"].get(key, {})
+            if "texts_per_s" in e:
+                names.append(key)
+                values.append(e["texts_per_s"]["median"])
+        sweep = {c["concurrency"]: c for c in model["grpc"]["default"]["concurrency"]}
+        if 32 in sweep:
+            names.append("ctxembed gRPC x32")
+            values.append(sweep[32]["texts_per_s"])
+        ax.barh(names, values, color="tab:blue")
+        ax.set_title(f"{label}: corpus texts/s")
+        ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    written.append(folder / f"{mode}-throughput-per-engine.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 3.5))
+    rows = []
+    for label, model in result["models"].items():
+        e = model["engine"]
+        if "error" not in e:
+            s = e["bank"]["stages_p50_ms"]
+            rows.append(
+                (
+                    f"{label}\nin-process",
+                    {"tokenize": s["tokenize"], "run": s["run"], "pool": s["pool"]},
+                )
+            )
+        rows.append((f"{label}\ngRPC x32", model["grpc"]["default"]["stage_ms_per_request"]))
+    stages = ("queue", "tokenize", "prepare", "run", "pool", "serialize")
+    for i, (_, split) in enumerate(rows):
+        left = 0.0
+        for j, stage in enumerate(stages):
+            width = split.get(stage, 0.0)
+            if width:
+                ax.barh(
+                    i,
+                    width,
+                    left=left,
+                    color=f"C{j}",
+                    label=stage if i == 0 or stage not in split else None,
+                )
+                left += width
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("ms per request (log)")
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=7)
+    ax.set_title("where the time goes, per stage")
+    fig.tight_layout()
+    written.append(folder / f"{mode}-stage-split.png")
+    fig.savefig(written[-1], dpi=110)
+    plt.close(fig)
+    return written
+
+
+def write_report(result: dict[str, Any], folder: Path, mode: str) -> str:
+    md = markdown(result)
+    (folder / f"{mode}.md").write_text(md, encoding="utf-8")
+    plots(result, folder, mode)
+    return md

@@ -1,0 +1,290 @@
+"""`make bench` / `make bench-full`: every comparison in one run on one machine.
+
+Writes benchmarks/results/<mode>.json (every raw figure), <mode>.md (tables) and PNG plots.
+Timings on shared machines are noisy: engine figures are repeated and reported as medians with
+their spread, and comparisons are ratios measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks import bench_grpc
+from benchmarks.machine import machine_facts
+from benchmarks.report import write_report
+from benchmarks.stats import encoder_flops_per_token, median_spread, ratio, roofline_fraction
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+CACHE = ROOT / "benchmarks" / ".cache"
+ENGINES = ("usual", "flair", "optimum", "ctxembed-fp32", "ctxembed-int8")
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    texts: int
+    reps: int
+    repeats: int
+    grpc_seconds: float
+    levels: tuple[int, ...] = (1, 4, 16, 32, 64)
+
+
+QUICK = Mode("quick", texts=192, reps=100, repeats=2, grpc_seconds=2.0)
+FULL = Mode("full", texts=1000, reps=300, repeats=3, grpc_seconds=5.0)
+
+
+@dataclass(frozen=True)
+class Model:
+    label: str
+    model_dir: Path  # ctxembed export
+    source: Path  # the PyTorch folder it came from
+    accuracy_claimed: bool
+
+
+def _python(*args: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", *args], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    if out.returncode != 0:
+        return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def bert_base_random() -> Model:
+    """BERT-base dimensions (BertConfig()), random weights: timing only, never accuracy."""
+    source, exported = CACHE / "bert-base-random", CACHE / "bert-base-random-onnx"
+    if not (exported / "manifest.json").is_file():
+        import shutil
+
+        import torch
+        from transformers import BertConfig, BertModel
+
+        from ctxembed.export import ExportOptions, export_model
+        from ctxembed.export.source import embedded_model_dir
+
+        torch.manual_seed(0)
+        BertModel(BertConfig()).eval().save_pretrained(source)
+        for name in (
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "vocab.txt",
+            "special_tokens_map.json",
+        ):
+            shutil.copy(embedded_model_dir() / name, source / name)
+        export_model(ExportOptions(model=str(source), out=exported, force=True))
+    return Model("bert-base (random weights)", exported, source, accuracy_claimed=False)
+
+
+def run_engines(model: Model, mode: Mode) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for engine in ENGINES:
+        runs = [
+            _python(
+                "benchmarks.engines",
+                engine,
+                "--model-dir",
+                str(model.model_dir),
+                "--source",
+                str(model.source),
+                "--texts",
+                str(mode.texts),
+                "--reps",
+                str(mode.reps),
+            )
+            for _ in range(mode.repeats)
+        ]
+        ok = [r for r in runs if "error" not in r]
+        if not ok:
+            results[engine] = {"error": runs[0]["error"]}
+            continue
+        results[engine] = {
+            "latency_p50_ms": median_spread([r["latency"]["p50_ms"] for r in ok]),
+            "latency_p99_ms": median_spread([r["latency"]["p99_ms"] for r in ok]),
+            "texts_per_s": median_spread([r["texts_per_s"] for r in ok]),
+            "runs": ok,
+        }
+        print(
+            f"    {engine:14} p50 {results[engine]['latency_p50_ms']['median']:7.2f} ms"
+            f"  {results[engine]['texts_per_s']['median']:7.1f} texts/s",
+            flush=True,
+        )
+    return results
+
+
+def headline(engines: dict[str, Any], grpc: dict[str, Any]) -> dict[str, float]:
+    def med(engine: str, key: str) -> float:
+        value = engines.get(engine, {}).get(key, {})
+        return float(value.get("median", float("nan"))) if isinstance(value, dict) else float("nan")
+
+    sweep = {c["concurrency"]: c for c in grpc["default"]["concurrency"]}
+    grpc_p50 = grpc["default"]["one_client"]["p50_ms"]
+    grpc_32 = sweep.get(32, {}).get("texts_per_s", float("nan"))
+    return {
+        "grpc_p50_ms": grpc_p50,
+        "grpc_32_texts_per_s": grpc_32,
+        "usual_over_grpc_p50": ratio(med("usual", "latency_p50_ms"), grpc_p50),
+        "grpc32_over_flair": ratio(grpc_32, med("flair", "texts_per_s")),
+        "grpc32_over_optimum": ratio(grpc_32, med("optimum", "texts_per_s")),
+        "grpc32_over_grpc1": ratio(grpc_32, sweep.get(1, {}).get("texts_per_s", float("nan"))),
+        "grpc_p50_minus_in_process_ms": grpc_p50 - grpc["in_process_bank"]["p50_ms"],
+        "inproc_int8_over_usual_throughput": ratio(
+            med("ctxembed-int8", "texts_per_s"), med("usual", "texts_per_s")
+        ),
+    }
+
+
+def roofline(model: Model, engine: dict[str, Any], peak: dict[str, float]) -> dict[str, float]:
+    config = json.loads((model.model_dir / "config.json").read_text())
+    tokens_per_text = engine["corpus"]["tokens"] / engine["corpus"]["texts"]
+    flops = encoder_flops_per_token(
+        config["hidden_size"],
+        config["num_hidden_layers"],
+        config["intermediate_size"],
+        round(tokens_per_text),
+    )
+    tokens_per_s = engine["corpus"]["embed_texts_per_s"] * tokens_per_text
+    return {
+        "flops_per_token": flops,
+        "mean_tokens_per_text": tokens_per_text,
+        "int8_tokens_per_s": tokens_per_s,
+        "fraction_of_int8_peak": roofline_fraction(tokens_per_s, flops, peak["int8_gflops"] * 1e9),
+        "fraction_of_fp32_peak": roofline_fraction(tokens_per_s, flops, peak["fp32_gflops"] * 1e9),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "all-MiniLM-L6-v2")
+    p.add_argument("--skip-bert-base", action="store_true")
+    args = p.parse_args(argv)
+    mode = QUICK if args.quick else FULL
+    started = time.time()
+    from benchmarks.roofline import matmul_gflops
+    from ctxembed.export.source import embedded_model_dir
+
+    print(f"ctxembed benchmarks ({mode.name}); machine facts, matmul peak ...", flush=True)
+    result: dict[str, Any] = {
+        "mode": mode.name,
+        "machine": machine_facts(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "matmul_peak": matmul_gflops(),
+        "models": {},
+    }
+    models = [Model("all-MiniLM-L6-v2", args.model_dir, embedded_model_dir(), True)]
+    if not args.skip_bert_base:
+        print("preparing the BERT-base-shaped model (random weights, cached) ...", flush=True)
+        models.append(bert_base_random())
+    for model in models:
+        print(f"== {model.label}", flush=True)
+        engines = run_engines(model, mode)
+        print("  engine overhead, corpus throughput, RSS ...", flush=True)
+        engine = _python(
+            "benchmarks.bench_engine",
+            "--model-dir",
+            str(model.model_dir),
+            "--texts",
+            str(mode.texts * 4),
+            "--reps",
+            str(mode.reps * 3),
+        )
+        print("  gRPC: start-up, one client, concurrency sweep ...", flush=True)
+        grpc = {
+            "in_process_bank": bench_grpc.in_process_bank(model.model_dir, mode.reps * 3),
+            "default": bench_grpc.run_setting(
+                model.model_dir, [], mode.levels, mode.grpc_seconds, mode.reps * 3, mode.texts
+            ),
+            "batch_int8_rows": bench_grpc.run_setting(
+                model.model_dir,
+                ["--batch-int8-rows"],
+                (1, 32),
+                mode.grpc_seconds,
+                mode.reps,
+                mode.texts,
+            ),
+        }
+        if model.accuracy_claimed:
+            grpc["no_spinning"] = bench_grpc.run_setting(
+                model.model_dir,
+                ["--no-spinning"],
+                (1, 32),
+                mode.grpc_seconds,
+                mode.reps,
+                mode.texts,
+            )
+        result["models"][model.label] = {
+            "model_dir": str(model.model_dir),
+            "accuracy_claimed": model.accuracy_claimed,
+            "engines": engines,
+            "engine": engine,
+            "grpc": grpc,
+            "headline": headline(engines, grpc),
+            "roofline": roofline(model, engine, result["matmul_peak"])
+            if "error" not in engine
+            else {},
+        }
+    result["import_torch_transformers_s"] = bench_grpc.import_torch_seconds()
+    result["installed_size_mb"] = _installed_sizes()
+    result["seconds"] = time.time() - started
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{mode.name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    md = write_report(result, RESULTS, mode.name)
+    print(md)
+    print(
+        f"wrote {RESULTS}/{mode.name}.json, {mode.name}.md and plots in {result['seconds']:.0f} s"
+    )
+    return 0
+
+
+def _closure(requirements: Sequence[str]) -> set[str]:
+    """Installed distributions that the requirements pull in (extras ignored)."""
+    import re
+    from importlib import metadata
+
+    seen: set[str] = set()
+    todo = list(requirements)
+    while todo:
+        name = re.split(r"[\s;<>=!~\[(]", todo.pop(), maxsplit=1)[0].lower().replace("_", "-")
+        if not name or name in seen:
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        seen.add(name)
+        todo.extend(r for r in dist.requires or [] if "extra ==" not in r)
+    return seen
+
+
+def _installed_sizes() -> dict[str, float]:
+    """Installed size (MB) of the runtime-only install versus the usual recipe's stack."""
+    from importlib import metadata
+
+    def size(names: set[str]) -> float:
+        total = 0
+        for name in names:
+            for f in metadata.distribution(name).files or []:
+                path = Path(str(f.locate()))
+                if path.is_file():
+                    total += path.stat().st_size
+        return total / 1e6
+
+    runtime = _closure(
+        [r for r in metadata.distribution("ctxembed").requires or [] if "extra ==" not in r]
+    )
+    usual = _closure(["torch", "transformers"])
+    return {"runtime_only": size(runtime), "usual_recipe": size(usual)}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The benchmark harness's arithmetic and report (not the timings themselves)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.report import markdown, plots
+from benchmarks.run import headline
+from benchmarks.stats import (
+    encoder_flops_per_token,
+    median_spread,
+    percentiles,
+    ratio,
+    roofline_fraction,
+)
+
+
+def test_percentiles_nearest_rank() -> None:
+    samples = [i / 1000 for i in range(1, 101)]  # 1..100 ms
+    p = percentiles(samples)
+    assert (p["p50_ms"], p["p90_ms"], p["p99_ms"]) == pytest.approx((50, 90, 99))
+    assert p["mean_ms"] == pytest.approx(50.5) and p["n"] == 100
+    assert percentiles([0.002])["p99_ms"] == pytest.approx(2)
+    with pytest.raises(ValueError):
+        percentiles([])
+
+
+def test_median_spread_and_ratio() -> None:
+    m = median_spread([10.0, 12.0, 11.0])
+    assert (m["median"], m["min"], m["max"]) == (11.0, 10.0, 12.0)
+    assert m["spread_pct"] == pytest.approx(100 * 1 / 11)
+    assert ratio(6, 3) == 2 and math.isnan(ratio(1, 0))
+
+
+def test_flops_formula_bert_base() -> None:
+    # 12 layers · 2 · (4·768² + 2·768·3072 + 2·128·768) = 174.6 MFLOP per token at 128 tokens
+    assert encoder_flops_per_token(768, 12, 3072, 128) == pytest.approx(174.59e6, rel=1e-3)
+    assert roofline_fraction(1000, 1e6, 1e10) == pytest.approx(0.1)
+
+
+def _sweep(*pairs: tuple[int, float]) -> list[dict[str, float]]:
+    return [
+        {
+            "concurrency": c,
+            "texts_per_s": t,
+            "p50_ms": 1.0,
+            "p90_ms": 2.0,
+            "p99_ms": 3.0,
+            "words_per_s": t * 10,
+        }
+        for c, t in pairs
+    ]
+
+
+def _result() -> dict[str, Any]:
+    med = {"median": 10.0, "min": 9.0, "max": 11.0, "spread_pct": 10.0}
+    engines = {
+        "usual": {
+            "latency_p50_ms": {**med, "median": 10.0},
+            "texts_per_s": {**med, "median": 100.0},
+        },
+        "flair": {"latency_p50_ms": med, "texts_per_s": {**med, "median": 150.0}},
+        "optimum": {"latency_p50_ms": med, "texts_per_s": {**med, "median": 300.0}},
+        "ctxembed-fp32": {"error": "skipped"},
+        "ctxembed-int8": {"latency_p50_ms": med, "texts_per_s": {**med, "median": 400.0}},
+    }
+    one = {"p50_ms": 2.0, "empty_rpc": {"p50_ms": 0.5}}
+    grpc = {
+        "in_process_bank": {"p50_ms": 1.5},
+        "default": {
+            "one_client": one,
+            "concurrency": _sweep((1, 200.0), (32, 600.0)),
+            "startup_s": 0.4,
+            "peak_rss_mb": 190.0,
+            "stage_ms_per_request": {"queue": 1.0, "run": 1.5},
+        },
+    }
+    return {"engines": engines, "grpc": grpc}
+
+
+def test_headline_ratios() -> None:
+    r = _result()
+    h = headline(r["engines"], r["grpc"])
+    assert h["usual_over_grpc_p50"] == pytest.approx(5.0)
+    assert h["grpc32_over_flair"] == pytest.approx(4.0)
+    assert h["grpc32_over_optimum"] == pytest.approx(2.0)
+    assert h["grpc32_over_grpc1"] == pytest.approx(3.0)
+    assert h["grpc_p50_minus_in_process_ms"] == pytest.approx(0.5)
+    assert h["inproc_int8_over_usual_throughput"] == pytest.approx(4.0)
+
+
+def test_report_renders(tmp_path: Path) -> None:
+    r = _result()
+    result = {
+        "mode": "quick",
+        "started": "now",
+        "machine": {
+            "cpu": "cpu",
+            "logical_cpus": 2,
+            "cpu_flags": ["avx2"],
+            "python": "3.11",
+            "versions": {"onnxruntime": "1"},
+        },
+        "matmul_peak": {"fp32_gflops": 100.0, "int8_gflops": 300.0},
+        "import_torch_transformers_s": 2.0,
+        "installed_size_mb": {"runtime_only": 100.0, "usual_recipe": 1000.0},
+        "models": {
+            "m": {
+                "accuracy_claimed": True,
+                "engines": r["engines"],
+                "engine": {"error": "skipped"},
+                "grpc": r["grpc"],
+                "headline": headline(r["engines"], r["grpc"]),
+                "roofline": {},
+            }
+        },
+    }
+    md = markdown(result)
+    assert "**5.00×**" in md and "**4.00×**" in md and "not run: skipped" in md
+    written = plots(result, tmp_path, "quick")
+    assert all(p.stat().st_size > 1000 for p in written)
