@@ -137,3 +137,18 @@ def test_unknown_hub_id_is_one_line(tmp_path: Path) -> None:
     assert lines and "nobody/no-such-model-xyz" in lines[0] and "Hub" in lines[0]
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_cuda_target_writes_validated_fp16(tiny_source: Path, tmp_path: Path) -> None:
+    from ctxembed.runtime import WordEmbedder
+
+    out = tmp_path / "fp16"
+    assert main(["export", "--model", str(tiny_source), "--out", str(out), "--target", "cuda"]) == 0
+    manifest = load_manifest(out)
+    fp16 = manifest.variant("fp16")
+    assert (fp16.precision, fp16.target, fp16.file) == ("fp16", "cuda", "model_fp16.onnx")
+    assert fp16.validation["passed"] and fp16.validation["word_cosine_min"] >= 0.99
+    assert fp16.validation["provider"] in ("CUDAExecutionProvider", "CPUExecutionProvider")
+    assert fp16.size_bytes < manifest.variant("fp32").size_bytes * 0.6
+    [res] = WordEmbedder.load(out, provider="cpu", variant="fp16").embed(["half precision"])
+    assert res.vectors.shape == (2, 64)

@@ -250,23 +250,25 @@ def _validate(
     max_tokens: int,
     graph_inputs: list[str],
 ) -> list[Variant]:
+    import onnxruntime as ort
     from tqdm import tqdm
 
+    available = ort.get_available_providers()
     refs = build_references(source.location, max_tokens, graph_inputs)
     results: dict[str, dict[str, Any]] = {}
     with tqdm(total=len(refs) * len(variants), unit="text", leave=False) as bar:
         for v in variants:
-            providers = (
-                ["CUDAExecutionProvider", "CPUExecutionProvider"]
-                if v.target == "cuda"
-                else ["CPUExecutionProvider"]
-            )
+            # An fp16 graph validates on CUDA when this install has it, else on the CPU
+            # provider (which runs these fp16 kernels too): the manifest says which.
+            wanted = ["CUDAExecutionProvider"] if v.target == "cuda" else []
+            providers = [p for p in wanted if p in available] + ["CPUExecutionProvider"]
             try:
                 session = load_session(folder / v.file, providers)
             except Exception as exc:  # ORT raises its own exception types
                 raise ExportError(f"cannot run the {v.name} variant for validation: {exc}") from exc
             thresholds = opts.thresholds.get(v.precision, Thresholds())
             results[v.name] = compare_variant(session, refs, thresholds, lambda: bar.update(1))
+            results[v.name]["provider"] = session.get_providers()[0]
     if not all(r["passed"] for r in results.values()):
         raise ValidationFailed(_failure_table(results))
     return [replace(v, validation=results[v.name]) for v in variants]

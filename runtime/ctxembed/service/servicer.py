@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -25,6 +26,7 @@ Context = grpc.aio.ServicerContext[Any, Any]
 STREAM_WINDOW = 16  # stream requests in flight at once (responses still go out in order)
 
 
+@functools.cache
 def server_version() -> str:
     try:
         return metadata.version("ctxembed")
