@@ -11,7 +11,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Coroutine
 from concurrent.futures import Future
 from dataclasses import replace
@@ -68,19 +67,25 @@ class ProcessServer:
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self.lines: list[str] = []
-        deadline = time.monotonic() + 60
+        # One thread reads the output to the end: mixing readline() with communicate() would
+        # lose what readline() had buffered.
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        if not self._ready.wait(60) or not hasattr(self, "address"):
+            self.proc.kill()
+            raise RuntimeError("server not ready:\n" + "".join(self.lines))
+
+    def _read(self) -> None:
         assert self.proc.stdout is not None
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError("server exited early:\n" + "".join(self.lines))
+        for line in self.proc.stdout:
             self.lines.append(line)
             match = READY.search(line)
-            if match:
+            if match and not self._ready.is_set():
                 self.address = f"{match.group(1)}:{match.group(2)}"
                 self.ready_s = float(match.group(3))
-                return
-        raise RuntimeError("server not ready in 60 s:\n" + "".join(self.lines))
+                self._ready.set()
+        self._ready.set()  # exited: unblock the constructor
 
     @property
     def peak_rss_mb(self) -> float:
@@ -92,5 +97,6 @@ class ProcessServer:
         return float("nan")
 
     def finish(self, timeout: float = 30) -> tuple[int, str]:
-        out, _ = self.proc.communicate(timeout=timeout)
-        return self.proc.returncode, "".join(self.lines) + out
+        code = self.proc.wait(timeout=timeout)
+        self._reader.join(timeout)
+        return code, "".join(self.lines)

@@ -3,9 +3,10 @@
 Requests queue on the event loop; one task drains the queue into a batch until the token budget
 is reached, or the batch is as large as the previous one, or ``max_wait`` passes, then runs
 prepare → forward → finish for the whole batch in a single-thread executor (ONNX Runtime has its
-own intra-op threads). A lone client never waits: the wait applies only while the previous batch
-showed concurrency. Cancelled requests and requests whose deadline passed are dropped before
-they run; a full queue refuses new requests instead of growing.
+own intra-op threads). A lone client never waits: on an idle server its request goes straight to
+the executor, and the wait applies only while the previous batch showed concurrency. Cancelled
+requests and requests whose deadline passed are dropped before they run; a full queue refuses
+new requests instead of growing.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -45,10 +47,10 @@ class BatcherStats:
     run_s: float = 0.0
     pool_s: float = 0.0
     serialize_s: float = 0.0
-    batch_sizes: list[int] = field(default_factory=list)
+    batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=1024))  # recent only
 
     def snapshot(self) -> dict[str, float | int]:
-        return {k: v for k, v in vars(self).items() if not isinstance(v, list)}
+        return {k: v for k, v in vars(self).items() if not isinstance(v, deque)}
 
 
 @dataclass
@@ -78,6 +80,8 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxembed-run")
         self._task: asyncio.Task[None] | None = None
         self._last_batch = 1
+        self._idle = asyncio.Event()  # no compute in flight
+        self._idle.set()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run_forever())
@@ -111,12 +115,28 @@ class MicroBatcher:
             now,
             int(call.num_chars * TOKENS_PER_CHAR) + 2 * len(call.inputs),
         )
+        if self._idle.is_set() and self._queue.empty():
+            return await self._run_alone(job)
         self._queue.put_nowait(job)
         return await job.future  # a cancelled RPC cancels this future: the job is then skipped
+
+    async def _run_alone(self, job: _Job) -> list[WordEmbeddings]:
+        """An idle server runs a lone request at once, skipping the batcher task's hop."""
+        self._idle.clear()
+        try:
+            [outcome] = await self._execute([job])
+        finally:
+            self._idle.set()
+        if isinstance(outcome, BaseException):
+            self.stats.requests_failed += 1
+            raise outcome
+        self.stats.requests_done += 1
+        return outcome
 
     async def _collect(self) -> list[_Job]:
         loop = asyncio.get_running_loop()
         batch = [await self._queue.get()]
+        await self._idle.wait()  # a lone request may be running: gather while it does
         tokens = batch[0].est_tokens
         flush_at = loop.time() + self.max_wait
         while tokens < self.max_batch_tokens:
@@ -151,15 +171,11 @@ class MicroBatcher:
             self._last_batch = max(1, len(batch))
             if not live:
                 continue
+            self._idle.clear()
             try:
-                outcomes = await loop.run_in_executor(
-                    self._executor, self._compute, [j.call for j in live]
-                )
-            except Exception as exc:  # a bug: fail this batch, keep serving
-                log.exception("batch failed")
-                outcomes = [exc] * len(live)
-            self.stats.batches += 1
-            self.stats.batch_sizes.append(len(live))
+                outcomes = await self._execute(live)
+            finally:
+                self._idle.set()
             for job, outcome in zip(live, outcomes):
                 if job.future.done():
                     continue
@@ -169,6 +185,19 @@ class MicroBatcher:
                 else:
                     self.stats.requests_done += 1
                     job.future.set_result(outcome)
+
+    async def _execute(self, jobs: Sequence[_Job]) -> list[list[WordEmbeddings] | Exception]:
+        loop = asyncio.get_running_loop()
+        try:
+            outcomes = await loop.run_in_executor(
+                self._executor, self._compute, [j.call for j in jobs]
+            )
+        except Exception as exc:  # a bug: fail this batch, keep serving
+            log.exception("batch failed")
+            outcomes = [exc] * len(jobs)
+        self.stats.batches += 1
+        self.stats.batch_sizes.append(len(jobs))
+        return outcomes
 
     def _compute(self, calls: Sequence[EmbedCall]) -> list[list[WordEmbeddings] | Exception]:
         """prepare each request, one forward for all of them, finish each (executor thread)."""
