@@ -3,10 +3,9 @@
 Requests queue on the event loop; one task drains the queue into a batch until the token budget
 is reached, or the batch is as large as the previous one, or ``max_wait`` passes, then runs
 prepare → forward → finish for the whole batch in a single-thread executor (ONNX Runtime has its
-own intra-op threads). A lone client never waits: on an idle server its request goes straight to
-the executor, and the wait applies only while the previous batch showed concurrency. Cancelled
-requests and requests whose deadline passed are dropped before they run; a full queue refuses
-new requests instead of growing.
+own intra-op threads). A lone client never waits: the wait applies only while the previous batch
+showed concurrency. Cancelled requests and requests whose deadline passed are dropped before
+they run; a full queue refuses new requests instead of growing.
 """
 
 from __future__ import annotations
@@ -80,8 +79,6 @@ class MicroBatcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxembed-run")
         self._task: asyncio.Task[None] | None = None
         self._last_batch = 1
-        self._idle = asyncio.Event()  # no compute in flight
-        self._idle.set()
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run_forever())
@@ -115,28 +112,12 @@ class MicroBatcher:
             now,
             int(call.num_chars * TOKENS_PER_CHAR) + 2 * len(call.inputs),
         )
-        if self._idle.is_set() and self._queue.empty():
-            return await self._run_alone(job)
         self._queue.put_nowait(job)
         return await job.future  # a cancelled RPC cancels this future: the job is then skipped
-
-    async def _run_alone(self, job: _Job) -> list[WordEmbeddings]:
-        """An idle server runs a lone request at once, skipping the batcher task's hop."""
-        self._idle.clear()
-        try:
-            [outcome] = await self._execute([job])
-        finally:
-            self._idle.set()
-        if isinstance(outcome, BaseException):
-            self.stats.requests_failed += 1
-            raise outcome
-        self.stats.requests_done += 1
-        return outcome
 
     async def _collect(self) -> list[_Job]:
         loop = asyncio.get_running_loop()
         batch = [await self._queue.get()]
-        await self._idle.wait()  # a lone request may be running: gather while it does
         tokens = batch[0].est_tokens
         flush_at = loop.time() + self.max_wait
         while tokens < self.max_batch_tokens:
@@ -171,11 +152,7 @@ class MicroBatcher:
             self._last_batch = max(1, len(batch))
             if not live:
                 continue
-            self._idle.clear()
-            try:
-                outcomes = await self._execute(live)
-            finally:
-                self._idle.set()
+            outcomes = await self._execute(live)
             for job, outcome in zip(live, outcomes):
                 if job.future.done():
                     continue
