@@ -309,3 +309,43 @@ def test_serve_command_prints_ready_line_and_try_command(model_dir: Path) -> Non
     assert code == 0
     assert 'try: ctxembed embed "I live near the bank of America" --word bank' in log
     assert sum("INFO" in line for line in log.splitlines()) <= 5  # no per-request logging
+
+
+def test_tls(fp32_embedder: WordEmbedder, tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    server = ThreadServer(fp32_embedder, tls_cert=cert, tls_key=key)
+    try:
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        with Client(server.address, credentials=credentials) as client:
+            assert client.embed([BANK])[0].vectors.shape == (7, 384)
+        with Client(server.address, timeout=2) as plain, pytest.raises(grpc.RpcError):
+            plain.info()  # plaintext is refused
+    finally:
+        server.stop()

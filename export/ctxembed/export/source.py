@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,11 +71,14 @@ def resolve_source(model: str, revision: str | None = None) -> ModelSource:
             False,
             model,
         )
+    # huggingface_hub logs every failed request; the one-line error below says it all.
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     try:
         config = AutoConfig.from_pretrained(location, revision=revision)
     except (OSError, ValueError) as exc:
         where = "local folder" if is_local else "Hugging Face Hub id"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = str(exc).strip()
+        first = text.splitlines()[0].rstrip(".") if text else type(exc).__name__
         raise ExportError(
             f"cannot load model {model!r} ({where}): {first}."
             " Check the id, the network (or HF_HUB_OFFLINE and the local cache), or pass a folder."
