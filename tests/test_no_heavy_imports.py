@@ -35,3 +35,38 @@ def test_export_without_extra_names_the_extra() -> None:
     assert proc.returncode == 2
     assert "pip install" in proc.stderr and "ctxembed[export]" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_runtime_only_install_serves_the_model(model_dir: Path, tmp_path: Path) -> None:
+    """A real base install (no extras) into a fresh virtual environment embeds the model."""
+    root = Path(__file__).resolve().parents[1]
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", "-c", str(root / "constraints.txt"), str(root)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert install.returncode == 0, install.stderr[-2000:]
+    check = subprocess.run(
+        [
+            str(python),
+            "-c",
+            f"""
+import importlib.util
+assert all(importlib.util.find_spec(m) is None for m in ("torch", "transformers", "optimum"))
+from ctxembed.runtime import TextInput, WordEmbedder
+[res] = WordEmbedder.load({str(model_dir)!r}, provider="cpu").embed(
+    [TextInput(text="I sat by the river bank", select_words=["bank"])])
+print(res.words[0].text, res.vectors.shape)
+""",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert check.returncode == 0, check.stderr
+    assert check.stdout.strip() == "bank (1, 384)"
