@@ -87,12 +87,16 @@ def stop(server: ProcessServer) -> dict[str, Any]:
 
 
 def stage_split(stats: dict[str, Any]) -> dict[str, float]:
-    """Milliseconds per request spent in each server stage."""
+    """Milliseconds per request spent in each server stage (prepare is the tokenize stage)."""
     n = max(1, int(stats.get("requests_done", 0)))
-    return {
-        name: 1000 * float(stats.get(f"{name}_s", 0.0)) / n
-        for name in ("queue", "prepare", "run", "pool", "serialize")
+    names = {
+        "queue": "queue",
+        "tokenize": "prepare",
+        "run": "run",
+        "pool": "pool",
+        "serialize": "serialize",
     }
+    return {name: 1000 * float(stats.get(f"{key}_s", 0.0)) / n for name, key in names.items()}
 
 
 def one_client(address: str, reps: int) -> dict[str, Any]:
