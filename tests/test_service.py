@@ -350,3 +350,13 @@ def test_tls(fp32_embedder: WordEmbedder, tmp_path: Path) -> None:
             plain.info()  # plaintext is refused
     finally:
         server.stop()
+
+
+def test_port_in_use_is_refused_not_shared(
+    fp32_server: ThreadServer, fp32_embedder: WordEmbedder
+) -> None:
+    from ctxembed.service.server import ServeError
+
+    port = fp32_server.running.port
+    with pytest.raises(ServeError, match=f"cannot listen on 127.0.0.1:{port}"):
+        ThreadServer(fp32_embedder, port=port)

@@ -27,14 +27,26 @@ def _heads_and_hidden(config: Any) -> tuple[int, int]:
     return int(heads), int(hidden)
 
 
-def fuse(model: Path, out: Path, config: Any, use_gpu: bool) -> Fused:
-    """Attention, SkipLayerNormalization, BiasGelu... fusions with ORT's BERT optimizer."""
+FUSED_OPS = (
+    "Attention",
+    "MultiHeadAttention",
+    "SkipLayerNormalization",
+    "BiasGelu",
+    "FastGelu",
+    "Gelu",
+    "EmbedLayerNormalization",
+    "LayerNormalization",
+)
+
+
+def _bert_optimizer(model: Path, config: Any, use_gpu: bool) -> Any:
+    """ORT's transformer optimizer (model_type "bert" covers every supported encoder family)."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     heads, hidden = _heads_and_hidden(config)
     # opt_level=0: graph-level fusions only, so the file stays portable across providers;
     # ORT applies its basic/extended rewrites again at session creation.
-    optimized = optimize_model(
+    return optimize_model(
         str(model),
         model_type="bert",
         num_heads=heads,
@@ -42,38 +54,24 @@ def fuse(model: Path, out: Path, config: Any, use_gpu: bool) -> Fused:
         opt_level=0,
         use_gpu=use_gpu,
     )
+
+
+def fuse(model: Path, out: Path, config: Any, use_gpu: bool) -> Fused:
+    """Attention, SkipLayerNormalization, BiasGelu... fusions; counts what was fused."""
+    optimized = _bert_optimizer(model, config, use_gpu)
     optimized.save_model_to_file(str(out))
     counts: dict[str, int] = {}
     for node in optimized.model.graph.node:
-        if node.op_type in (
-            "Attention",
-            "MultiHeadAttention",
-            "SkipLayerNormalization",
-            "BiasGelu",
-            "FastGelu",
-            "Gelu",
-            "EmbedLayerNormalization",
-            "LayerNormalization",
-        ):
+        if node.op_type in FUSED_OPS:
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return Fused(out, counts)
 
 
-def to_fp16(fused: Path, out: Path, config: Any) -> None:
-    """fp16 weights and compute for CUDA; inputs and outputs stay int64/float32."""
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    heads, hidden = _heads_and_hidden(config)
-    model = optimize_model(
-        str(fused),
-        model_type="bert",
-        num_heads=heads,
-        hidden_size=hidden,
-        opt_level=0,
-        use_gpu=True,
-    )
-    model.convert_float_to_float16(keep_io_types=True)
-    model.save_model_to_file(str(out))
+def to_fp16(model: Path, out: Path, config: Any) -> None:
+    """Fusions for CUDA, then fp16 weights and compute; inputs and outputs keep their types."""
+    optimized = _bert_optimizer(model, config, use_gpu=True)
+    optimized.convert_float_to_float16(keep_io_types=True)
+    optimized.save_model_to_file(str(out))
 
 
 def detect_cpu_preset() -> str:

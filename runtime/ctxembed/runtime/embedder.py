@@ -50,10 +50,6 @@ class Prepared:
     options: EmbedOptions
     layer_ids: tuple[int, ...]  # absolute hidden-state indices
 
-    @property
-    def num_tokens(self) -> int:
-        return sum(t.tokens.num_tokens for t in self.texts)
-
 
 class WordEmbedder:
     def __init__(
@@ -193,7 +189,7 @@ class WordEmbedder:
         tokenized = self._tokenize(coerced)
         texts = tuple(
             self._prepare_text(inp, tok, f"inputs[{i}]")
-            for i, (inp, tok) in enumerate(zip(coerced, tokenized, strict=False))
+            for i, (inp, tok) in enumerate(zip(coerced, tokenized))
         )
         return Prepared(texts, options, layer_ids)
 
@@ -205,12 +201,11 @@ class WordEmbedder:
             for i, tok in zip(
                 raw,
                 self.tokenizer.tokenize_texts([inputs[i].text or "" for i in raw]),
-                strict=False,
             ):
                 out[i] = tok
         if split:
             lists = [list(inputs[i].words or ()) for i in split]
-            for i, tok in zip(split, self.tokenizer.tokenize_words(lists), strict=False):
+            for i, tok in zip(split, self.tokenizer.tokenize_words(lists)):
                 out[i] = tok
         return [t for t in out if t is not None]
 
@@ -233,8 +228,9 @@ class WordEmbedder:
     def forward(self, texts: Sequence[PreparedText], layer_ids: Sequence[int]) -> list[np.ndarray]:
         """Token states per text, shape (len(layer_ids), tokens, dim), float32.
 
-        Windows of all texts are sorted by length and padded per batch of similar lengths, so a
-        text's vectors do not depend on what it is batched with.
+        Windows of all texts are sorted by length and padded per batch of similar lengths
+        (int8 windows run alone, see ``isolate_rows``), so a text's vectors do not depend on
+        what it is batched with.
         """
         outputs = [self.manifest.layer_outputs[i] for i in layer_ids]
         n_prefix, n_special = len(self.tokenizer.prefix_ids), self.tokenizer.num_special
@@ -306,7 +302,7 @@ class WordEmbedder:
         pick = [list(state_layers).index(i) for i in prepared.layer_ids]
         return [
             self._finish_text(text, st[pick], prepared.options)
-            for text, st in zip(prepared.texts, states, strict=False)
+            for text, st in zip(prepared.texts, states)
         ]
 
     def _finish_text(
@@ -323,7 +319,7 @@ class WordEmbedder:
         source = tok.text
         words = []
         for (ts, te), (cs, ce), index in zip(
-            units.tokens.tolist(), units.chars.tolist(), units.index.tolist(), strict=False
+            units.tokens.tolist(), units.chars.tolist(), units.index.tolist()
         ):
             tokens: tuple[Token, ...] = ()
             if options.include_tokens:

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from ctxembed.runtime import Limits, WordEmbedder
+from ctxembed.runtime import CtxembedError, Limits, WordEmbedder
 from ctxembed.service.batcher import MicroBatcher
 from ctxembed.service.servicer import WordEmbedderServicer
 from ctxembed.v1 import embedder_pb2 as pb
@@ -24,6 +24,10 @@ from ctxembed.v1 import embedder_pb2_grpc as pb_grpc
 log = logging.getLogger("ctxembed.service")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["WordEmbedder"].full_name
 MiB = 1024 * 1024
+
+
+class ServeError(CtxembedError):
+    """The server cannot start (address in use, unreadable TLS files)."""
 
 
 @dataclass(frozen=True)
@@ -113,13 +117,17 @@ async def start_server(
         server,
     )
     address = f"{settings.host}:{settings.port}"
-    if settings.tls_cert and settings.tls_key:
-        creds = grpc.ssl_server_credentials(
-            [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
-        )
-        port = server.add_secure_port(address, creds)
-    else:
-        port = server.add_insecure_port(address)
+    try:
+        if settings.tls_cert and settings.tls_key:
+            creds = grpc.ssl_server_credentials(
+                [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
+            )
+            port = server.add_secure_port(address, creds)
+        else:
+            port = server.add_insecure_port(address)
+    except (RuntimeError, OSError) as exc:
+        # so_reuseport is off: a port already in use fails here instead of being shared.
+        raise ServeError(f"cannot listen on {address}: {exc}") from None
     batcher.start()
     await server.start()
     for service in ("", SERVICE_NAME):
