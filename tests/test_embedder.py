@@ -41,6 +41,9 @@ def test_select_words_every_occurrence_case_insensitive(embedder: WordEmbedder) 
     assert [w.index for w in res.words] == [1, 4, 11]
     [none] = embedder.embed([TextInput(text=text, select_words=["zebra"])])
     assert none.words == () and none.vectors.shape == (0, 384)
+    assert none.num_windows == 0  # nothing to compute: the model did not run
+    [blank] = embedder.embed([" \t\n "])
+    assert (blank.words, blank.num_tokens, blank.num_windows) == ((), 0, 0)
 
 
 def test_select_multi_piece_word(embedder: WordEmbedder) -> None:

@@ -333,4 +333,5 @@ class WordEmbedder:
                     for k in range(ts, te)
                 )
             words.append(Word(source[cs:ce], cs, ce, index, tokens))
-        return WordEmbeddings(tuple(words), vectors, tok.num_tokens, text.plan.count)
+        passes = text.plan.count if tok.num_tokens and units.tokens.shape[0] else 0  # skipped
+        return WordEmbeddings(tuple(words), vectors, tok.num_tokens, passes)
