@@ -1,9 +1,11 @@
-# One environment (.venv) for everything; created and installed on first use.
+# .venv serves and tests (constraints.txt); .venv-bench runs the benchmarks (constraints-bench.txt).
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ctxembed-installed
-BENCH_STAMP := $(VENV)/.ctxembed-bench-installed
+BENCH_VENV ?= .venv-bench
+BENCH_BIN := $(BENCH_VENV)/bin
+BENCH_STAMP := $(BENCH_VENV)/.ctxembed-bench-installed
 MODEL_DIR ?= models/all-MiniLM-L6-v2
 HOST ?= 127.0.0.1
 PORT ?= 50051
@@ -36,16 +38,22 @@ export: $(STAMP)
 serve: $(STAMP) $(MODEL_DIR)/manifest.json
 	$(BIN)/ctxembed serve --model-dir $(MODEL_DIR) --host $(HOST) --port $(PORT)
 
-# flair (a baseline) pins older helpers than constraints.txt: benchmarks get their own tested set.
-$(BENCH_STAMP): $(STAMP) constraints-bench.txt
-	$(BIN)/python -m pip install -q -c constraints-bench.txt -e '.[export,dev,bench]'
+# Benchmarks get their own environment: flair (a baseline) pins older helpers (botocore needs
+# python-dateutil < 3) than the tested set in constraints.txt.
+$(BENCH_STAMP): pyproject.toml constraints-bench.txt
+	test -x $(BENCH_BIN)/python || $(PY) -m venv $(BENCH_VENV)
+	$(BENCH_BIN)/python -m pip install -q --upgrade pip
+	$(BENCH_BIN)/python -m pip install -q torch==2.13.0
+	$(BENCH_BIN)/python -m pip install -q -c constraints-bench.txt -e '.[export,dev,bench]'
 	touch $(BENCH_STAMP)
 
-bench: $(BENCH_STAMP) $(MODEL_DIR)/manifest.json
-	$(BIN)/python -m benchmarks.run --quick --model-dir $(MODEL_DIR)
+bench: $(BENCH_STAMP)
+	test -f $(MODEL_DIR)/manifest.json || $(BENCH_BIN)/ctxembed export --out $(MODEL_DIR)
+	$(BENCH_BIN)/python -m benchmarks.run --quick --model-dir $(MODEL_DIR)
 
-bench-full: $(BENCH_STAMP) $(MODEL_DIR)/manifest.json
-	$(BIN)/python -m benchmarks.run --model-dir $(MODEL_DIR)
+bench-full: $(BENCH_STAMP)
+	test -f $(MODEL_DIR)/manifest.json || $(BENCH_BIN)/ctxembed export --out $(MODEL_DIR)
+	$(BENCH_BIN)/python -m benchmarks.run --model-dir $(MODEL_DIR)
 
 # Regenerate the committed protobuf code (tests/test_proto.py checks it is current).
 proto: $(STAMP)
@@ -53,4 +61,4 @@ proto: $(STAMP)
 		--grpc_python_out=runtime proto/ctxembed/v1/embedder.proto
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(BENCH_VENV) .mypy_cache .ruff_cache .pytest_cache
