@@ -173,6 +173,18 @@ class WordEmbedder:
     ) -> Prepared:
         if isinstance(inputs, (str, TextInput)):
             raise InvalidInput("inputs", "expected a list of inputs, got a single input")
+        for name, value in (
+            ("pooling", pooling),
+            ("layer_combine", layer_combine),
+            ("dtype", dtype),
+        ):
+            if not isinstance(value, str):
+                raise InvalidInput(name, f"expected a string, got {value!r}")
+        try:
+            layers = tuple(layers)
+            hash(layers)
+        except TypeError:
+            raise InvalidInput("layers", "expected a list of integers") from None
         options, layer_ids = check_options(
             pooling,
             layers,
@@ -181,7 +193,7 @@ class WordEmbedder:
             normalize,
             include_tokens,
             self.manifest.num_layers,
-            self.manifest.layers_available,
+            tuple(self.manifest.layers_available),
         )
         coerced = [coerce_input(value, f"inputs[{i}]") for i, value in enumerate(inputs)]
         for i, inp in enumerate(coerced):

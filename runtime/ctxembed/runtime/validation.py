@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 from ctxembed.runtime.errors import InvalidInput
@@ -100,17 +101,22 @@ def _check_selection(inp: TextInput, field: str, length: int, limits: Limits) ->
             )
 
 
+@functools.lru_cache(maxsize=256)
 def check_options(
     pooling: str,
-    layers: Sequence[int],
+    layers: tuple[int, ...],
     layer_combine: str,
     dtype: str,
     normalize: bool,
     include_tokens: bool,
     num_layers: int,
-    available: Sequence[int],
+    available: tuple[int, ...],
 ) -> tuple[EmbedOptions, tuple[int, ...]]:
-    """Validated options and the absolute layer indices (0 = embeddings, num_layers = last)."""
+    """Validated options and the absolute layer indices (0 = embeddings, num_layers = last).
+
+    Cached: callers repeat the same few option sets, so each is validated once. Arguments must
+    be hashable (``layers`` a tuple).
+    """
     if pooling not in POOLINGS:
         raise InvalidInput(
             "pooling", f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}"
@@ -124,6 +130,8 @@ def check_options(
     layers = tuple(layers) or (-1,)
     absolute = []
     for i, layer in enumerate(layers):
+        if not isinstance(layer, int) or isinstance(layer, bool):
+            raise InvalidInput(f"layers[{i}]", f"expected an integer, got {layer!r}")
         idx = layer + num_layers + 1 if layer < 0 else layer
         if not 0 <= idx <= num_layers:
             raise InvalidInput(
