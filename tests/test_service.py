@@ -360,3 +360,28 @@ def test_port_in_use_is_refused_not_shared(
     port = fp32_server.running.port
     with pytest.raises(ServeError, match=f"cannot listen on 127.0.0.1:{port}"):
         ThreadServer(fp32_embedder, port=port)
+
+
+def test_cli_embed_and_info(fp32_server: ThreadServer, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from ctxembed.cli import main
+
+    server = ["--server", fp32_server.address]
+    assert main(["embed", BANK, "--word", "bank", *server]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("'bank' [16:20] index=4 dim=384 norm=")
+    assert main(["embed", BANK, "--word", "bank", "--json", *server]) == 0
+    [entry] = json.loads(capsys.readouterr().out)
+    assert (entry["word"], entry["start"], entry["end"]) == ("bank", 16, 20)
+    assert len(entry["vector"]) == 384
+    assert main(["embed", BANK, "--word", "zebra", *server]) == 1
+    assert "'zebra' does not occur" in capsys.readouterr().err
+    assert main(["embed", "", *server]) == 1
+    assert "inputs[0].text" in capsys.readouterr().err
+    assert main(["info", *server]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["dimension"] == 384 and info["precision"] == "fp32"
+    assert main(["info", "--server", "127.0.0.1:1", "--timeout", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and ("UNAVAILABLE" in err or "DEADLINE_EXCEEDED" in err)
