@@ -1,1 +1,1 @@
-"""ctxembed benchmarks: `make bench` (quick) and `make bench-full`; see benchmarks/README.md."""
+"""ctxembed benchmarks: `make bench` (quick) and `make bench-full`; see the README's Benchmarks."""
