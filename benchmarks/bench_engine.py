@@ -27,7 +27,7 @@ def bank_overhead(emb: WordEmbedder, reps: int) -> dict[str, Any]:
     inputs = [TextInput(text=BANK, select_words=["bank"])]
     prepared = emb.prepare(inputs)
     tok = prepared.texts[0].tokens
-    ids = np.concatenate([emb._prefix, tok.ids, emb._suffix])[None, :]
+    ids = tok.framed_ids[None, :].copy()
     mask = np.ones_like(ids)
     output = [emb.manifest.layer_outputs[emb.manifest.num_layers]]
     bare, full, prep, fwd, fin = [], [], [], [], []

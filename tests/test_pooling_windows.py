@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ctxembed.runtime.pooling import combine_layers, pool
+from ctxembed.runtime.pooling import SMALL_UNITS, combine_layers, pool
 from ctxembed.runtime.types import POOLINGS
 from ctxembed.runtime.windows import plan_windows
 
@@ -27,17 +27,18 @@ def _loop_pool(hidden: np.ndarray, ranges: np.ndarray, method: str) -> np.ndarra
     return np.stack(out)
 
 
+@pytest.mark.parametrize("units", [25, SMALL_UNITS + 50])  # the index-list and array paths
 @pytest.mark.parametrize("method", POOLINGS)
-def test_pool_matches_loop_reference(method: str) -> None:
-    rng = np.random.default_rng(0)
+def test_pool_matches_loop_reference(method: str, units: int) -> None:
+    rng = np.random.default_rng(units)
     hidden = rng.normal(size=(40, 16)).astype(np.float32)
-    starts = rng.integers(0, 39, size=25)
-    ends = np.minimum(starts + rng.integers(1, 6, size=25), 40)
+    starts = rng.integers(0, 39, size=units)
+    ends = np.minimum(starts + rng.integers(1, 6, size=units), 40)
     ranges = np.stack([starts, ends], axis=1)  # overlapping, unsorted, varied lengths
     np.testing.assert_allclose(
         pool(hidden, ranges, method), _loop_pool(hidden, ranges, method), rtol=1e-5, atol=1e-6
     )
-    singles = np.stack([np.arange(5), np.arange(1, 6)], axis=1)
+    singles = np.stack([np.arange(units) % 40, np.arange(units) % 40 + 1], axis=1)
     np.testing.assert_allclose(
         pool(hidden, singles, method), _loop_pool(hidden, singles, method), rtol=1e-6
     )

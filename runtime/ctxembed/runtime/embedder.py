@@ -10,9 +10,10 @@ drives separately so that one ONNX run serves many requests:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -35,15 +36,14 @@ from ctxembed.runtime.validation import check_input, check_options, coerce_input
 from ctxembed.runtime.windows import WindowPlan, plan_windows
 
 
-@dataclass(frozen=True)
-class PreparedText:
+# NamedTuples rather than dataclasses: built on every request, and cheaper to build.
+class PreparedText(NamedTuple):
     tokens: TokenizedText
     units: Units
     plan: WindowPlan
 
 
-@dataclass(frozen=True)
-class Prepared:
+class Prepared(NamedTuple):
     """A validated, tokenized call, ready for :meth:`WordEmbedder.forward`."""
 
     texts: tuple[PreparedText, ...]
@@ -80,6 +80,7 @@ class WordEmbedder:
             isolate_rows = session.variant.precision == "int8"
         self.isolate_rows = isolate_rows
         self._pad_id = manifest.tokenizer.pad_token_id
+        self._layers_available = tuple(manifest.layers_available)
         self._prefix = np.asarray(tokenizer.prefix_ids, dtype=np.int64)
         self._suffix = np.asarray(tokenizer.suffix_ids, dtype=np.int64)
 
@@ -193,7 +194,7 @@ class WordEmbedder:
             normalize,
             include_tokens,
             self.manifest.num_layers,
-            tuple(self.manifest.layers_available),
+            self._layers_available,
         )
         coerced = [coerce_input(value, f"inputs[{i}]") for i, value in enumerate(inputs)]
         for i, inp in enumerate(coerced):
@@ -206,6 +207,8 @@ class WordEmbedder:
         return Prepared(texts, options, layer_ids)
 
     def _tokenize(self, inputs: Sequence[TextInput]) -> list[TokenizedText]:
+        if all(inp.text is not None for inp in inputs):  # the usual call: no pre-split words
+            return self.tokenizer.tokenize_texts([inp.text or "" for inp in inputs])
         raw = [i for i, inp in enumerate(inputs) if inp.text is not None]
         split = [i for i, inp in enumerate(inputs) if inp.text is None]
         out: list[TokenizedText | None] = [None] * len(inputs)
@@ -245,6 +248,8 @@ class WordEmbedder:
         what it is batched with.
         """
         outputs = [self.manifest.layer_outputs[i] for i in layer_ids]
+        if len(texts) == 1 and texts[0].plan.count == 1 and texts[0].units.tokens.shape[0]:
+            return [self._forward_alone(texts[0], outputs)]
         n_prefix, n_special = len(self.tokenizer.prefix_ids), self.tokenizer.num_special
         rows: list[tuple[int, int, int, int]] = []  # (text, window, start, end) per model row
         states = []
@@ -271,6 +276,16 @@ class WordEmbedder:
                 t, w, s, _ = rows[row]
                 self._scatter(texts[t], w, s, [out[r] for out in result], states[t], n_prefix)
         return states
+
+    def _forward_alone(self, text: PreparedText, outputs: list[str]) -> np.ndarray:
+        """One text in one window (most requests): no bucketing, and no copy of the states,
+        which are views into the session's output."""
+        ids = text.tokens.framed_ids[None, :]
+        result = self.session.run(ids, _ones(ids.shape[1]), outputs)
+        lo, hi = len(self._prefix), len(self._prefix) + text.tokens.num_tokens
+        if len(result) == 1:
+            return result[0][:, lo:hi]
+        return np.stack([out[0, lo:hi] for out in result])
 
     def _buckets(self, order: list[int], lengths: list[int]) -> list[list[int]]:
         """Consecutive runs of the length-sorted rows within the token budget."""
@@ -311,9 +326,11 @@ class WordEmbedder:
         self, prepared: Prepared, states: Sequence[np.ndarray], state_layers: Sequence[int]
     ) -> list[WordEmbeddings]:
         """Pool each text; ``state_layers`` says which layer each row of ``states`` holds."""
-        pick = [list(state_layers).index(i) for i in prepared.layer_ids]
+        if tuple(state_layers) != prepared.layer_ids:
+            pick = [list(state_layers).index(i) for i in prepared.layer_ids]
+            states = [st[pick] for st in states]
         return [
-            self._finish_text(text, st[pick], prepared.options)
+            self._finish_text(text, st, prepared.options)
             for text, st in zip(prepared.texts, states)
         ]
 
@@ -347,3 +364,11 @@ class WordEmbedder:
             words.append(Word(source[cs:ce], cs, ce, index, tokens))
         passes = text.plan.count if tok.num_tokens and units.tokens.shape[0] else 0  # skipped
         return WordEmbeddings(tuple(words), vectors, tok.num_tokens, passes)
+
+
+@functools.lru_cache(maxsize=1024)
+def _ones(width: int) -> np.ndarray:
+    """The attention mask of one unpadded row, shared (read-only) by every row that long."""
+    mask = np.ones((1, width), dtype=np.int64)
+    mask.flags.writeable = False
+    return mask

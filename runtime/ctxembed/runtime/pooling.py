@@ -15,6 +15,9 @@ def _gather(hidden: np.ndarray, ranges: np.ndarray) -> tuple[np.ndarray, np.ndar
     return hidden[index], steps < lengths[:, None]
 
 
+SMALL_UNITS = 64  # up to this many units, index lists beat numpy's per-call overhead
+
+
 def pool(hidden: np.ndarray, ranges: np.ndarray, method: str) -> np.ndarray:
     """Pool ``hidden`` (n, D) over each token range [start, end) of ``ranges`` (w, 2).
 
@@ -22,18 +25,28 @@ def pool(hidden: np.ndarray, ranges: np.ndarray, method: str) -> np.ndarray:
     """
     if method not in POOLINGS:
         raise ValueError(f"unknown pooling {method!r}")
-    dim = hidden.shape[-1] * (2 if method == "first_last" else 1)
     if ranges.shape[0] == 0:
+        dim = hidden.shape[-1] * (2 if method == "first_last" else 1)
         return np.zeros((0, dim), dtype=hidden.dtype)
+    if ranges.shape[0] <= SMALL_UNITS:
+        # Few units (most requests): one take() with a plain list. Right after an ONNX run
+        # this cost 6 µs where the array arithmetic below cost 16 µs.
+        spans = ranges.tolist()
+        single = all(e - s == 1 for s, e in spans)
+        if method == "first" or (single and method != "first_last"):
+            return hidden.take([s for s, _ in spans], axis=0)
+        if method == "last":
+            return hidden.take([e - 1 for _, e in spans], axis=0)
+    starts, lasts = ranges[:, 0], ranges[:, 1] - 1
     if method == "first":
-        return hidden[ranges[:, 0]]
+        return hidden[starts]
     if method == "last":
-        return hidden[ranges[:, 1] - 1]
+        return hidden[lasts]
     if method == "first_last":
-        return np.concatenate([hidden[ranges[:, 0]], hidden[ranges[:, 1] - 1]], axis=-1)
+        return np.concatenate([hidden[starts], hidden[lasts]], axis=-1)
     lengths = ranges[:, 1] - ranges[:, 0]
     if lengths.max() == 1:  # single-token words: nothing to reduce
-        return hidden[ranges[:, 0]]
+        return hidden[starts]
     gathered, valid = _gather(hidden, ranges)
     if method == "max":
         return gathered.max(axis=1)  # padding repeats a real token, so max is unaffected

@@ -30,11 +30,15 @@ def select_words(
 ) -> Units:
     """Every occurrence of the wanted words, compared after the model's normalization."""
     targets = {normalize(w).strip() for w in wanted}
-    keep = [
-        i for i, (s, e) in enumerate(tok.word_chars.tolist()) if normalize(tok.text[s:e]) in targets
-    ]
-    rows = np.asarray(keep, dtype=np.int64)
-    return Units(tok.word_tokens[rows], tok.word_chars[rows], tok.word_index[rows])
+    text = tok.text
+    spans = tok.word_chars.tolist()
+    keep = [i for i, (s, e) in enumerate(spans) if normalize(text[s:e]) in targets]
+    # take() with a plain list: cheaper than building an index array for the few rows kept.
+    return Units(
+        tok.word_tokens.take(keep, axis=0),
+        tok.word_chars.take(keep, axis=0),
+        tok.word_index.take(keep, axis=0),
+    )
 
 
 def select_spans(tok: TokenizedText, spans: Sequence[CharSpan], field: str) -> Units:

@@ -1,7 +1,7 @@
 """Stage 1, tokenize: texts → token ids, code-point offsets and word boundaries.
 
-Runs the model's own Rust tokenizer in one ``encode_batch`` call per kind of input. Words are the
-tokenizer's pre-tokenizer words (``word_ids``); offsets are Unicode code points of the input.
+Runs the model's own Rust tokenizer (``encode_batch`` for many texts, ``encode`` for a few).
+Words are the tokenizer's pre-tokenizer words (``word_ids``); offsets are code points of the input.
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ from tokenizers import Encoding, Tokenizer
 from ctxembed.runtime.errors import ModelLoadError
 
 SMALL_TEXT_TOKENS = 128  # below this, plain Python beats numpy's per-call overhead
+# Below this many texts, one ``encode`` per text beats ``encode_batch``: waking the Rust thread
+# pool cost ~50 µs per call right after an ONNX run (84 vs 36 µs for the bank sentence here),
+# more than its parallelism gives back. From 32 texts on, ``encode_batch`` was faster.
+PARALLEL_MIN_TEXTS = 8
 
 
 @dataclass(frozen=True)
@@ -25,16 +29,27 @@ class TokenizedText:
     """One text after tokenization; token arrays cover content tokens only (no specials)."""
 
     text: str  # the raw text, or the pre-split words joined by single spaces
-    ids: np.ndarray  # (n,) int64
+    framed_ids: np.ndarray  # (n + specials,) int64: the ids wrapped in the model's specials
     offsets: np.ndarray  # (n, 2) code points into ``text``
-    pieces: Sequence[str]  # (n,) token strings
     word_tokens: np.ndarray  # (w, 2) token range [start, end) of each word
     word_chars: np.ndarray  # (w, 2) code-point span of each word
     word_index: np.ndarray  # (w,) position of the word (pre-split: index in the input list)
+    encoding: Encoding  # the tokenizer's output, for what few requests need (token strings)
+    num_prefix: int  # special tokens before the content in ``framed_ids``
 
     @property
     def num_tokens(self) -> int:
-        return int(self.ids.shape[0])
+        return int(self.offsets.shape[0])
+
+    @functools.cached_property
+    def ids(self) -> np.ndarray:
+        """(n,) int64 ids of the content tokens (a view into ``framed_ids``)."""
+        return self.framed_ids[self.num_prefix : self.num_prefix + self.num_tokens]
+
+    @functools.cached_property
+    def pieces(self) -> Sequence[str]:
+        """(n,) token strings; only ``include_tokens`` needs them, so they are made on demand."""
+        return self.encoding.tokens
 
 
 class TextTokenizer:
@@ -69,96 +84,111 @@ class TextTokenizer:
         """The text as the model sees it (lowercased, accents stripped... per the model)."""
         return self._normalizer.normalize_str(text) if self._normalizer is not None else text
 
+    # Specials are not asked of the tokenizer: ``forward`` wraps every window in them itself,
+    # so every token of an encoding is content (a literal "[SEP]" in a text is a word, as
+    # with the post-processor on). Saves the post-processor and the slicing (~5 µs a text).
     def tokenize_texts(self, texts: Sequence[str]) -> list[TokenizedText]:
-        encodings = self._tok.encode_batch(list(texts), add_special_tokens=True)
+        if len(texts) < PARALLEL_MIN_TEXTS:
+            encodings = [self._tok.encode(t, add_special_tokens=False) for t in texts]
+        else:
+            encodings = self._tok.encode_batch(list(texts), add_special_tokens=False)
         return [self._from_encoding(t, e) for t, e in zip(texts, encodings)]
 
     def tokenize_words(self, word_lists: Sequence[Sequence[str]]) -> list[TokenizedText]:
-        encodings = self._tok.encode_batch(
-            [list(w) for w in word_lists], is_pretokenized=True, add_special_tokens=True
-        )
+        lists = [list(w) for w in word_lists]
+        if len(lists) < PARALLEL_MIN_TEXTS:
+            encodings = [
+                self._tok.encode(w, is_pretokenized=True, add_special_tokens=False) for w in lists
+            ]
+        else:
+            encodings = self._tok.encode_batch(
+                lists, is_pretokenized=True, add_special_tokens=False
+            )
         return [self._from_pretokenized(w, e) for w, e in zip(word_lists, encodings)]
 
-    def _content(self, enc: Encoding) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-        """ids, offsets, word ids and pieces of the non-special tokens."""
-        mask = enc.special_tokens_mask
-        lo, hi = len(self.prefix_ids), len(mask) - len(self.suffix_ids)
-        if self._usual_layout(mask):
-            # The usual layout, specials only around the text: plain slices, no fancy indexing.
-            ids = np.array(enc.ids[lo:hi], dtype=np.int64)
-            offsets = np.array(enc.offsets[lo:hi], dtype=np.int64).reshape(-1, 2)
-            words = enc.word_ids[lo:hi]
-            if None in words:
-                words = [-1 if w is None else w for w in words]
-            word_ids = np.array(words, dtype=np.int64)
-            return ids, offsets, word_ids, enc.tokens[lo:hi]
-        keep = np.flatnonzero(np.asarray(mask, dtype=np.int8) == 0)
-        ids = np.asarray(enc.ids, dtype=np.int64)[keep]
-        offsets = np.asarray(enc.offsets, dtype=np.int64).reshape(-1, 2)[keep]
-        word_ids = np.asarray([-1 if w is None else w for w in enc.word_ids], dtype=np.int64)[keep]
-        tokens = enc.tokens
-        return ids, offsets, word_ids, [tokens[i] for i in keep.tolist()]
+    def _frame(self, ids: list[int]) -> np.ndarray:
+        return np.array((*self.prefix_ids, *ids, *self.suffix_ids), dtype=np.int64)
 
-    def _usual_layout(self, mask: list[int]) -> bool:
-        """Special tokens only around the text (not inside it, as a literal "[SEP]" would be)."""
-        lo, hi = len(self.prefix_ids), len(mask) - len(self.suffix_ids)
-        return sum(mask) == self.num_special and all(mask[:lo]) and all(mask[hi:])
+    @staticmethod
+    def _word_ids(enc: Encoding) -> np.ndarray:
+        words = enc.word_ids
+        if None in words:
+            words = [-1 if w is None else w for w in words]
+        return np.array(words, dtype=np.int64)
 
     def _from_encoding(self, text: str, enc: Encoding) -> TokenizedText:
-        mask = enc.special_tokens_mask
-        if len(mask) <= SMALL_TEXT_TOKENS and self._usual_layout(mask):
-            return self._from_small_encoding(text, enc, len(mask))
-        ids, offsets, word_ids, pieces = self._content(enc)
-        word_tokens = _word_ranges(word_ids)
+        if len(enc) <= SMALL_TEXT_TOKENS:
+            return self._from_small_encoding(text, enc)
+        offsets = np.array(enc.offsets, dtype=np.int64).reshape(-1, 2)
+        word_tokens = _word_ranges(self._word_ids(enc))
         word_chars = np.empty_like(word_tokens)
         word_chars[:, 0] = offsets[word_tokens[:, 0], 0]
         word_chars[:, 1] = offsets[word_tokens[:, 1] - 1, 1]
         if not text.isascii():
             _extend_over_marks(text, word_chars[:, 1])
         index = np.arange(word_tokens.shape[0], dtype=np.int64)
-        return TokenizedText(text, ids, offsets, pieces, word_tokens, word_chars, index)
+        return TokenizedText(
+            text,
+            self._frame(enc.ids),
+            offsets,
+            word_tokens,
+            word_chars,
+            index,
+            enc,
+            len(self.prefix_ids),
+        )
 
-    def _from_small_encoding(self, text: str, enc: Encoding, total: int) -> TokenizedText:
-        """Short texts (most requests): one Python pass instead of a dozen small numpy calls,
-        which cost more than the work itself at this size."""
-        lo, hi = len(self.prefix_ids), total - len(self.suffix_ids)
-        offsets = enc.offsets[lo:hi]
-        words = enc.word_ids[lo:hi]
-        ranges: list[tuple[int, int]] = []
-        chars: list[tuple[int, int]] = []
-        start = 0
+    def _from_small_encoding(self, text: str, enc: Encoding) -> TokenizedText:
+        """Short texts (most requests): one Python pass and three numpy calls instead of a
+        dozen, which cost more than the work itself at this size (and more so right after an
+        ONNX run has evicted the caches)."""
+        offsets = enc.offsets
+        words = enc.word_ids
+        # token range, code-point span and index of each word, flat (numpy converts a flat
+        # list twice as fast as a list of tuples)
+        bounds: list[int] = []
+        start = count = 0
         for k in range(1, len(words) + 1):
             if k == len(words) or words[k] != words[start]:
-                ranges.append((start, k))
-                chars.append((offsets[start][0], offsets[k - 1][1]))
+                bounds += (start, k, offsets[start][0], offsets[k - 1][1], count)
                 start = k
-        word_chars = np.array(chars, dtype=np.int64).reshape(-1, 2)
+                count += 1
+        table = np.array(bounds, dtype=np.int64).reshape(-1, 5)
+        word_chars = table[:, 2:4]
         if not text.isascii():
             _extend_over_marks(text, word_chars[:, 1])
         return TokenizedText(
             text,
-            np.array(enc.ids[lo:hi], dtype=np.int64),
+            self._frame(enc.ids),
             np.array(offsets, dtype=np.int64).reshape(-1, 2),
-            enc.tokens[lo:hi],
-            np.array(ranges, dtype=np.int64).reshape(-1, 2),
+            table[:, :2],
             word_chars,
-            np.arange(len(ranges), dtype=np.int64),
+            table[:, 4],
+            enc,
+            len(self.prefix_ids),
         )
 
     def _from_pretokenized(self, words: Sequence[str], enc: Encoding) -> TokenizedText:
-        ids, offsets, word_ids, pieces = self._content(enc)
+        word_ids = self._word_ids(enc)
         lengths = np.fromiter((len(w) for w in words), dtype=np.int64, count=len(words))
         begin = np.zeros_like(lengths)
         np.cumsum(lengths[:-1] + 1, out=begin[1:])
         # Offsets of pre-split input are relative to each word: shift them into the joined text.
-        offsets = offsets + begin[word_ids][:, None]
+        offsets = np.array(enc.offsets, dtype=np.int64).reshape(-1, 2) + begin[word_ids][:, None]
         word_tokens = _word_ranges(word_ids)
         present = word_ids[word_tokens[:, 0]]
         word_chars = np.empty_like(word_tokens)
         word_chars[:, 0] = begin[present]
         word_chars[:, 1] = begin[present] + lengths[present]
         return TokenizedText(
-            " ".join(words), ids, offsets, pieces, word_tokens, word_chars, present
+            " ".join(words),
+            self._frame(enc.ids),
+            offsets,
+            word_tokens,
+            word_chars,
+            present,
+            enc,
+            len(self.prefix_ids),
         )
 
 

@@ -7,6 +7,7 @@ that fits in one window gets exactly one window: the single-pass result.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,12 +27,19 @@ def plan_windows(n_tokens: int, word_tokens: np.ndarray, capacity: int, stride: 
     if capacity < 1 or not 1 <= stride <= capacity:
         raise ValueError(f"need 1 <= stride ({stride}) <= capacity ({capacity})")
     if n_tokens <= capacity:
-        return WindowPlan(
-            np.array([[0, n_tokens]], dtype=np.int64), np.zeros(n_tokens, dtype=np.int64)
-        )
+        return _single_window(n_tokens)
     starts = word_tokens[:, 0] if word_tokens.size else np.zeros(0, dtype=np.int64)
     windows = _cut(n_tokens, starts, capacity, stride)
     return WindowPlan(windows, _assign(n_tokens, word_tokens, windows))
+
+
+@functools.lru_cache(maxsize=1024)
+def _single_window(n_tokens: int) -> WindowPlan:
+    """Shared by every text of that length (most texts fit one window), so read-only."""
+    windows = np.array([[0, n_tokens]], dtype=np.int64)
+    token_window = np.zeros(n_tokens, dtype=np.int64)
+    windows.flags.writeable = token_window.flags.writeable = False
+    return WindowPlan(windows, token_window)
 
 
 def _boundary_at_or_before(starts: np.ndarray, pos: int, lower: int) -> int | None:
