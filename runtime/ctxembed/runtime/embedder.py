@@ -346,24 +346,25 @@ class WordEmbedder:
             vectors = vectors.astype(np.float16)
         tok = text.tokens
         source = tok.text
-        words = []
-        for (ts, te), (cs, ce), index in zip(
-            units.tokens.tolist(), units.chars.tolist(), units.index.tolist()
-        ):
-            tokens: tuple[Token, ...] = ()
-            if options.include_tokens:
-                tokens = tuple(
-                    Token(
-                        tok.pieces[k],
-                        int(tok.ids[k]),
-                        int(tok.offsets[k, 0]),
-                        int(tok.offsets[k, 1]),
-                    )
-                    for k in range(ts, te)
-                )
-            words.append(Word(source[cs:ce], cs, ce, index, tokens))
+        spans = zip(units.chars.tolist(), units.index.tolist())
+        if options.include_tokens:
+            tokens = _tokens(tok, units.tokens.tolist())
+            words = tuple(
+                Word(source[cs:ce], cs, ce, i, t) for ((cs, ce), i), t in zip(spans, tokens)
+            )
+        else:
+            words = tuple(Word(source[cs:ce], cs, ce, i) for (cs, ce), i in spans)
         passes = text.plan.count if tok.num_tokens and units.tokens.shape[0] else 0  # skipped
-        return WordEmbeddings(tuple(words), vectors, tok.num_tokens, passes)
+        return WordEmbeddings(words, vectors, tok.num_tokens, passes)
+
+
+def _tokens(tok: TokenizedText, ranges: list[list[int]]) -> list[tuple[Token, ...]]:
+    """The tokens of each unit, for ``include_tokens``."""
+    pieces, ids, offsets = tok.pieces, tok.ids.tolist(), tok.offsets.tolist()
+    return [
+        tuple(Token(pieces[k], ids[k], offsets[k][0], offsets[k][1]) for k in range(s, e))
+        for s, e in ranges
+    ]
 
 
 @functools.lru_cache(maxsize=1024)

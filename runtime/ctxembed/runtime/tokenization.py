@@ -24,31 +24,38 @@ SMALL_TEXT_TOKENS = 128  # below this, plain Python beats numpy's per-call overh
 PARALLEL_MIN_TEXTS = 8
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: built for every text of every request, and a frozen init costs 2×
 class TokenizedText:
-    """One text after tokenization; token arrays cover content tokens only (no specials)."""
+    """One text after tokenization; token arrays cover content tokens only (no specials).
+
+    Token offsets and strings are made on demand: only spans and ``include_tokens`` need them.
+    """
 
     text: str  # the raw text, or the pre-split words joined by single spaces
+    num_tokens: int  # n
     framed_ids: np.ndarray  # (n + specials,) int64: the ids wrapped in the model's specials
-    offsets: np.ndarray  # (n, 2) code points into ``text``
     word_tokens: np.ndarray  # (w, 2) token range [start, end) of each word
     word_chars: np.ndarray  # (w, 2) code-point span of each word
     word_index: np.ndarray  # (w,) position of the word (pre-split: index in the input list)
-    encoding: Encoding  # the tokenizer's output, for what few requests need (token strings)
+    encoding: Encoding  # the tokenizer's output
     num_prefix: int  # special tokens before the content in ``framed_ids``
+    token_offsets: np.ndarray | None = None  # (n, 2) once computed (pre-split input: shifted)
 
     @property
-    def num_tokens(self) -> int:
-        return int(self.offsets.shape[0])
+    def offsets(self) -> np.ndarray:
+        """(n, 2) code points of each token into ``text``."""
+        if self.token_offsets is None:
+            self.token_offsets = np.array(self.encoding.offsets, dtype=np.int64).reshape(-1, 2)
+        return self.token_offsets
 
-    @functools.cached_property
+    @property
     def ids(self) -> np.ndarray:
         """(n,) int64 ids of the content tokens (a view into ``framed_ids``)."""
         return self.framed_ids[self.num_prefix : self.num_prefix + self.num_tokens]
 
     @functools.cached_property
     def pieces(self) -> Sequence[str]:
-        """(n,) token strings; only ``include_tokens`` needs them, so they are made on demand."""
+        """(n,) token strings."""
         return self.encoding.tokens
 
 
@@ -129,17 +136,18 @@ class TextTokenizer:
         index = np.arange(word_tokens.shape[0], dtype=np.int64)
         return TokenizedText(
             text,
+            offsets.shape[0],
             self._frame(enc.ids),
-            offsets,
             word_tokens,
             word_chars,
             index,
             enc,
             len(self.prefix_ids),
+            offsets,
         )
 
     def _from_small_encoding(self, text: str, enc: Encoding) -> TokenizedText:
-        """Short texts (most requests): one Python pass and three numpy calls instead of a
+        """Short texts (most requests): one Python pass and two numpy calls instead of a
         dozen, which cost more than the work itself at this size (and more so right after an
         ONNX run has evicted the caches)."""
         offsets = enc.offsets
@@ -159,8 +167,8 @@ class TextTokenizer:
             _extend_over_marks(text, word_chars[:, 1])
         return TokenizedText(
             text,
+            len(words),
             self._frame(enc.ids),
-            np.array(offsets, dtype=np.int64).reshape(-1, 2),
             table[:, :2],
             word_chars,
             table[:, 4],
@@ -182,13 +190,14 @@ class TextTokenizer:
         word_chars[:, 1] = begin[present] + lengths[present]
         return TokenizedText(
             " ".join(words),
+            offsets.shape[0],
             self._frame(enc.ids),
-            offsets,
             word_tokens,
             word_chars,
             present,
             enc,
             len(self.prefix_ids),
+            offsets,
         )
 
 
