@@ -90,6 +90,11 @@ def markdown(result: dict[str, Any]) -> str:
                 f" bare session {_f(e['corpus']['bare_session_words_per_s'], 0)} words/s;"
                 f" process peak RSS {_f(e['peak_rss_mb'], 0)} MB",
             ]
+            idle = e.get("after_idle_p50_ms") or {}
+            for spin, row in idle.items():
+                what = "stop at once" if spin == "0" else f"{int(spin) // 1000} ms"
+                gaps = ", ".join(f"{_f(ms, 2)} ms after {gap} ms idle" for gap, ms in row.items())
+                lines.append(f"- embed p50, threads spinning after a run {what}: {gaps}")
         b = model["grpc"].get("batch_int8_rows")
         if b:
             sweep = {c["concurrency"]: c for c in b["concurrency"]}

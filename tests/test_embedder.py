@@ -222,6 +222,28 @@ def test_cuda_missing_is_an_error_auto_falls_back(
     assert [r.message for r in caplog.records] == ["CUDA is not available; running on CPU"]
 
 
+@pytest.mark.parametrize(
+    ("spin_us", "entries"),
+    [
+        (1234, {"session.intra_op.spin_duration_us": "1234", "session.force_spinning_stop": ""}),
+        (0, {"session.force_spinning_stop": "1", "session.intra_op.spin_duration_us": ""}),
+    ],
+)
+def test_spin_after_run_reaches_the_session(
+    model_dir: Path, spin_us: int, entries: dict[str, str]
+) -> None:
+    emb = WordEmbedder.load(model_dir, provider="cpu", spin_after_run_us=spin_us)
+    options = emb.session.session.get_session_options()
+    for key, value in entries.items():
+        try:
+            got = options.get_session_config_entry(key)
+        except Exception:  # onnxruntime raises for keys that were never set
+            got = ""
+        assert got == value, key
+    [res] = emb.embed([BANK])
+    assert res.vectors.shape == (7, emb.dimension)
+
+
 @pytest.mark.gpu
 def test_cuda_fp16(model_dir: Path) -> None:
     import onnxruntime as ort

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ctxembed.runtime.errors import CtxembedError
-from ctxembed.runtime.types import Limits
+from ctxembed.runtime.types import DEFAULT_SPIN_AFTER_RUN_US, Limits
 
 SERVE_SPINNING = True  # measured by `make bench` (spinning on/off); see README
 EXPORT_EXTRA_HINT = "pip install torch==2.13.0 'ctxembed[export]'"
@@ -139,7 +139,14 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--spinning",
         action=argparse.BooleanOptionalAction,
         default=SERVE_SPINNING,
-        help="let idle ONNX Runtime threads spin between runs",
+        help="let idle ONNX Runtime threads spin (inside runs, and briefly after)",
+    )
+    p.add_argument(
+        "--spin-after-run-us",
+        type=int,
+        default=DEFAULT_SPIN_AFTER_RUN_US,
+        help="microseconds threads keep spinning after a run, so that a request arriving"
+        " soon finds them awake (0: stop at once); default %(default)s",
     )
     p.add_argument("--stride", type=int, default=None, help="window stride for long texts (tokens)")
     p.add_argument("--max-batch-tokens", type=int, default=8192, help="micro-batch token budget")
@@ -186,6 +193,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         variant=args.variant,
         threads=args.threads,
         spinning=args.spinning,
+        spin_after_run_us=args.spin_after_run_us,
         stride=args.stride,
         max_batch_tokens=args.max_batch_tokens,
         run_batch_tokens=args.run_batch_tokens,

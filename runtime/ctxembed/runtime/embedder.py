@@ -24,6 +24,7 @@ from ctxembed.runtime.selection import Units, all_words, select_spans, select_wo
 from ctxembed.runtime.session import ModelSession, SessionConfig
 from ctxembed.runtime.tokenization import TextTokenizer, TokenizedText
 from ctxembed.runtime.types import (
+    DEFAULT_SPIN_AFTER_RUN_US,
     EmbedOptions,
     InputLike,
     Limits,
@@ -93,6 +94,7 @@ class WordEmbedder:
         variant: str | None = None,
         threads: int | None = None,
         spinning: bool = True,
+        spin_after_run_us: int = DEFAULT_SPIN_AFTER_RUN_US,
         stride: int | None = None,
         limits: Limits | None = None,
         run_batch_tokens: int = 256,
@@ -109,7 +111,8 @@ class WordEmbedder:
         tokenizer = TextTokenizer.from_file(path / manifest.tokenizer.file)
         if manifest.max_tokens <= tokenizer.num_special:
             raise ModelLoadError(f"{path}: max_tokens {manifest.max_tokens} is too small")
-        session = ModelSession(path, manifest, SessionConfig(provider, variant, threads, spinning))
+        config = SessionConfig(provider, variant, threads, spinning, spin_after_run_us)
+        session = ModelSession(path, manifest, config)
         embedder = cls(
             path,
             manifest,

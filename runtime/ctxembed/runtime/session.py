@@ -18,6 +18,7 @@ import onnxruntime as ort
 
 from ctxembed.runtime.errors import ModelLoadError, ProviderUnavailable
 from ctxembed.runtime.manifest import Manifest, Variant
+from ctxembed.runtime.types import DEFAULT_SPIN_AFTER_RUN_US
 
 log = logging.getLogger("ctxembed")
 
@@ -34,6 +35,12 @@ class SessionConfig:
     # Spinning keeps ORT threads busy-waiting between the graph's parallel sections; without it
     # each section wakes sleeping threads: the bank sentence took 1.42 ms instead of 0.73 ms.
     spinning: bool = True
+    # How long idle threads keep spinning after a run (0: stop as the run returns). Measured on
+    # the bank sentence (int8, 2 threads), run time after an idle gap of 1 / 3 / 10 ms:
+    # stop at once 0.8 / 1.6-4.0 / 2.1-4.9 ms; 3 ms of spin 0.8 / 0.9 / 1.7 ms, for at most
+    # 3 ms of one core per run; onnxruntime's default (~40 ms here) 0.75 / 0.9 / 1.2 ms, for
+    # 39 ms of CPU in the 50 ms after each run.
+    spin_after_run_us: int = DEFAULT_SPIN_AFTER_RUN_US
 
 
 def physical_cores() -> int:
@@ -109,10 +116,15 @@ class ModelSession:
         spin = "1" if config.spinning else "0"
         options.add_session_config_entry("session.intra_op.allow_spinning", spin)
         options.add_session_config_entry("session.inter_op.allow_spinning", spin)
-        # Spin inside a run (fast parallel sections), but stop when the run returns: plain
-        # spinning burned 39 ms of CPU in the 50 ms after a run here, stealing the core that
-        # the server's event loop and its clients need; run time was unchanged (0.73 ms).
-        options.add_session_config_entry("session.force_spinning_stop", "1")
+        if config.spinning and config.spin_after_run_us <= 0:
+            options.add_session_config_entry("session.force_spinning_stop", "1")
+        elif config.spinning:
+            # A bounded spin: a request arriving soon after the last run finds the threads
+            # awake, and an idle server stops burning a core after a few milliseconds.
+            # (onnxruntime versions without this key ignore it and spin their default.)
+            spin_us = str(config.spin_after_run_us)
+            options.add_session_config_entry("session.intra_op.spin_duration_us", spin_us)
+            options.add_session_config_entry("session.inter_op.spin_duration_us", spin_us)
         providers = [CUDA, CPU] if provider == "cuda" else [CPU]
         path = model_dir / self.variant.file
         try:

@@ -14,6 +14,8 @@ DType = Literal["float32", "float16"]
 POOLINGS: tuple[str, ...] = ("mean", "first", "last", "first_last", "max")
 LAYER_COMBINES: tuple[str, ...] = ("mean", "concat")
 DTYPES: tuple[str, ...] = ("float32", "float16")
+# How long ONNX Runtime's idle threads spin after a run (see session.SessionConfig).
+DEFAULT_SPIN_AFTER_RUN_US = 3000
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from ctxembed.runtime import CtxembedError, Limits, WordEmbedder
+from ctxembed.runtime.types import DEFAULT_SPIN_AFTER_RUN_US
 from ctxembed.service.batcher import MicroBatcher
 from ctxembed.service.servicer import WordEmbedderServicer
 from ctxembed.v1 import embedder_pb2 as pb
@@ -41,6 +42,7 @@ class ServerSettings:
     variant: str | None = None
     threads: int | None = None
     spinning: bool = True
+    spin_after_run_us: int = DEFAULT_SPIN_AFTER_RUN_US
     stride: int | None = None
     max_batch_tokens: int = 8192  # micro-batch flush budget (requests gathered per batch)
     run_batch_tokens: int = 256  # padded tokens per ONNX run inside a micro-batch
@@ -91,6 +93,7 @@ async def start_server(
             variant=settings.variant,
             threads=settings.threads,
             spinning=settings.spinning,
+            spin_after_run_us=settings.spin_after_run_us,
             stride=settings.stride,
             limits=settings.limits,
             run_batch_tokens=settings.run_batch_tokens,
