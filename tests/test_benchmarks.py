@@ -124,7 +124,8 @@ def test_report_renders(tmp_path: Path) -> None:
     written = plots(result, tmp_path, "quick")
     assert all(p.stat().st_size > 1000 for p in written)
 
-    result["models"]["m"]["engine"] = {
+    model: dict[str, Any] = result["models"]["m"]  # type: ignore[index]
+    model["engine"] = {
         "bank": {
             "ratio_p50": 1.12,
             "embed": {"p50_ms": 0.84},

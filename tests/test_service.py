@@ -230,8 +230,11 @@ def test_deadline_and_cancel_are_not_computed(fp32_embedder: WordEmbedder) -> No
     try:
         with grpc.insecure_channel(server.address, options=CHANNEL_OPTIONS) as channel:
             stub = pb_grpc.WordEmbedderStub(channel)
-            blocker = stub.Embed.future(heavy)
-            time.sleep(0.05)  # the blocker is running; the next calls queue behind it
+            # one blocker per batch the server computes at once: the next calls queue behind
+            blockers = [
+                stub.Embed.future(heavy) for _ in range(server.running.batcher.max_inflight)
+            ]
+            time.sleep(0.05)
             cancelled = stub.Embed.future(small)
             late = stub.Embed.future(small, timeout=0.02)
             time.sleep(0.01)
@@ -239,12 +242,13 @@ def test_deadline_and_cancel_are_not_computed(fp32_embedder: WordEmbedder) -> No
             with pytest.raises(grpc.RpcError) as info:
                 late.result()
             assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            blocker.result()
+            for blocker in blockers:
+                blocker.result()
             time.sleep(0.2)
             stats = server.running.batcher.stats
             # gRPC cancels an RPC whose deadline passed, so either counter may take it
             assert stats.dropped_cancelled + stats.dropped_deadline == 2
-            assert stats.requests_done == 1  # only the blocker ran
+            assert stats.requests_done == len(blockers)  # only the blockers ran
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service="ctxembed.v1.WordEmbedder")
             )

@@ -95,6 +95,7 @@ class WordEmbedder:
         threads: int | None = None,
         spinning: bool = True,
         spin_after_run_us: int = DEFAULT_SPIN_AFTER_RUN_US,
+        parallel_runs: int | None = None,
         stride: int | None = None,
         limits: Limits | None = None,
         run_batch_tokens: int = 256,
@@ -105,13 +106,17 @@ class WordEmbedder:
         ``run_batch_tokens`` caps the padded tokens of one ONNX run: small batches of similar
         length were fastest on this project's CPUs (cache-bound). ``isolate_rows`` (default: on
         for int8) runs every window alone so that results never depend on batch neighbours.
+        ``parallel_runs`` (default: cores, CPU only) runs a call's rows that many at a time on
+        one thread each; 1 keeps a single session (see ``ModelSession``).
         """
         path = Path(model_dir)
         manifest = load_manifest(path)
         tokenizer = TextTokenizer.from_file(path / manifest.tokenizer.file)
         if manifest.max_tokens <= tokenizer.num_special:
             raise ModelLoadError(f"{path}: max_tokens {manifest.max_tokens} is too small")
-        config = SessionConfig(provider, variant, threads, spinning, spin_after_run_us)
+        config = SessionConfig(
+            provider, variant, threads, spinning, spin_after_run_us, parallel_runs
+        )
         session = ModelSession(path, manifest, config)
         embedder = cls(
             path,
@@ -263,7 +268,9 @@ class WordEmbedder:
                 rows.extend((t, w, s, e) for w, (s, e) in enumerate(text.plan.windows.tolist()))
         lengths = [e - s + n_special for _, _, s, e in rows]
         order = sorted(range(len(rows)), key=lengths.__getitem__)
-        for batch in self._buckets(order, lengths):
+        batches = self._buckets(order, lengths)
+        feeds = []
+        for batch in batches:
             width = lengths[batch[-1]]
             ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
             mask = np.zeros((len(batch), width), dtype=np.int64)
@@ -274,7 +281,9 @@ class WordEmbedder:
                 ids[r, n_prefix:end] = texts[t].tokens.ids[s:e]
                 ids[r, end : end + len(self._suffix)] = self._suffix
                 mask[r, : end + len(self._suffix)] = 1
-            result = self.session.run(ids, mask, outputs)
+            feeds.append((ids, mask))
+        # Several runs go out in parallel (see ModelSession.run_many); scatter as they return.
+        for batch, result in zip(batches, self.session.run_many(feeds, outputs)):
             for r, row in enumerate(batch):
                 t, w, s, _ = rows[row]
                 self._scatter(texts[t], w, s, [out[r] for out in result], states[t], n_prefix)

@@ -1,11 +1,12 @@
-"""Dynamic micro-batching: many concurrent requests share one ONNX run.
+"""Dynamic micro-batching: many concurrent requests share one schedule of ONNX runs.
 
 Requests queue on the event loop; one task drains the queue into a batch until the token budget
 is reached, or the batch is as large as the previous one, or ``max_wait`` passes, then runs
-prepare → forward → finish for the whole batch in a single-thread executor (ONNX Runtime has its
-own intra-op threads). A lone client never waits: the wait applies only while the previous batch
-showed concurrency. Cancelled requests and requests whose deadline passed are dropped before
-they run; a full queue refuses new requests instead of growing.
+prepare → forward → finish for the whole batch in an executor thread, up to ``max_inflight``
+batches at once (ONNX Runtime has its own threads; see ``ModelSession``). A lone client never
+waits: the wait applies only while the previous batch showed concurrency. Cancelled requests
+and requests whose deadline passed are dropped before they run; a full queue refuses new
+requests instead of growing.
 """
 
 from __future__ import annotations
@@ -69,15 +70,21 @@ class MicroBatcher:
         max_batch_tokens: int = 8192,
         max_wait_ms: float = 2.0,
         max_queue: int = 256,
+        max_inflight: int | None = None,
     ) -> None:
         self.embedder = embedder
         self.max_batch_tokens = max_batch_tokens
         self.max_wait = max_wait_ms / 1000.0
         self.max_queue = max_queue
+        # Batches computed at once. One batch's tokenize and pool (Python, holding the GIL)
+        # then overlap another's ONNX runs, instead of leaving the cores idle between runs.
+        # Default: the session's parallel runs (one per core on CPU).
+        self.max_inflight = max_inflight or embedder.session.parallel_runs
         self.stats = BatcherStats()
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctxembed-run")
+        self._executor = ThreadPoolExecutor(self.max_inflight, thread_name_prefix="ctxembed-run")
         self._task: asyncio.Task[None] | None = None
+        self._inflight: set[asyncio.Task[None]] = set()
         self._last_batch = 1
 
     def start(self) -> None:
@@ -88,6 +95,8 @@ class MicroBatcher:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._inflight:
+            await asyncio.gather(*self._inflight, return_exceptions=True)
         while not self._queue.empty():
             job = self._queue.get_nowait()
             if not job.future.done():
@@ -136,8 +145,14 @@ class MicroBatcher:
 
     async def _run_forever(self) -> None:
         loop = asyncio.get_running_loop()
+        slots = asyncio.Semaphore(self.max_inflight)
         while True:
-            batch = await self._collect()
+            await slots.acquire()
+            try:
+                batch = await self._collect()
+            except BaseException:
+                slots.release()
+                raise
             now = loop.time()
             live = []
             for job in batch:
@@ -151,33 +166,48 @@ class MicroBatcher:
                     self.stats.queue_s += now - job.enqueued
             self._last_batch = max(1, len(batch))
             if not live:
+                slots.release()
                 continue
-            outcomes = await self._execute(live)
-            for job, outcome in zip(live, outcomes):
-                if job.future.done():
-                    continue
-                if isinstance(outcome, BaseException):
-                    self.stats.requests_failed += 1
-                    job.future.set_exception(outcome)
-                else:
-                    self.stats.requests_done += 1
-                    job.future.set_result(outcome)
+            task = loop.create_task(self._deliver(live))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+            task.add_done_callback(lambda _: slots.release())
+
+    async def _deliver(self, live: Sequence[_Job]) -> None:
+        outcomes = await self._execute(live)
+        for job, outcome in zip(live, outcomes):
+            if job.future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                self.stats.requests_failed += 1
+                job.future.set_exception(outcome)
+            else:
+                self.stats.requests_done += 1
+                job.future.set_result(outcome)
 
     async def _execute(self, jobs: Sequence[_Job]) -> list[list[WordEmbeddings] | Exception]:
         loop = asyncio.get_running_loop()
         try:
-            outcomes = await loop.run_in_executor(
+            outcomes, (prepare_s, run_s, pool_s, texts) = await loop.run_in_executor(
                 self._executor, self._compute, [j.call for j in jobs]
             )
         except Exception as exc:  # a bug: fail this batch, keep serving
             log.exception("batch failed")
-            outcomes = [exc] * len(jobs)
+            return [exc] * len(jobs)
+        # Counted here, on the loop: batches in flight at once would race in their threads.
+        self.stats.prepare_s += prepare_s
+        self.stats.run_s += run_s
+        self.stats.pool_s += pool_s
+        self.stats.texts += texts
         self.stats.batches += 1
         self.stats.batch_sizes.append(len(jobs))
         return outcomes
 
-    def _compute(self, calls: Sequence[EmbedCall]) -> list[list[WordEmbeddings] | Exception]:
-        """prepare each request, one forward for all of them, finish each (executor thread)."""
+    def _compute(
+        self, calls: Sequence[EmbedCall]
+    ) -> tuple[list[list[WordEmbeddings] | Exception], tuple[float, float, float, int]]:
+        """prepare each request, one forward for all of them, finish each (executor thread);
+        also the seconds each stage took, and the texts."""
         emb = self.embedder
         t0 = time.perf_counter()
         outcomes: list[list[WordEmbeddings] | Exception] = []
@@ -199,8 +229,4 @@ class MicroBatcher:
             outcomes[i] = emb.finish(p, states[start : start + count], layers)
             start += count
         t3 = time.perf_counter()
-        self.stats.prepare_s += t1 - t0
-        self.stats.run_s += t2 - t1
-        self.stats.pool_s += t3 - t2
-        self.stats.texts += len(texts)
-        return outcomes
+        return outcomes, (t1 - t0, t2 - t1, t3 - t2, len(texts))

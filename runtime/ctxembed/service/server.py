@@ -43,6 +43,7 @@ class ServerSettings:
     threads: int | None = None
     spinning: bool = True
     spin_after_run_us: int = DEFAULT_SPIN_AFTER_RUN_US
+    parallel_runs: int | None = None  # None: one per core (see ModelSession)
     stride: int | None = None
     max_batch_tokens: int = 8192  # micro-batch flush budget (requests gathered per batch)
     run_batch_tokens: int = 256  # padded tokens per ONNX run inside a micro-batch
@@ -94,6 +95,7 @@ async def start_server(
             threads=settings.threads,
             spinning=settings.spinning,
             spin_after_run_us=settings.spin_after_run_us,
+            parallel_runs=settings.parallel_runs,
             stride=settings.stride,
             limits=settings.limits,
             run_batch_tokens=settings.run_batch_tokens,
