@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import CORPUS
 
 from ctxembed.runtime import (
     CharSpan,
@@ -242,6 +243,19 @@ def test_spin_after_run_reaches_the_session(
         assert got == value, key
     [res] = emb.embed([BANK])
     assert res.vectors.shape == (7, emb.dimension)
+
+
+@pytest.mark.parametrize("variant", ["int8", "fp32"])
+def test_parallel_runs_give_identical_vectors(model_dir: Path, variant: str) -> None:
+    texts = [*CORPUS.read_text(encoding="utf-8").splitlines()[:40], "bank " * 700]
+    one = WordEmbedder.load(model_dir, provider="cpu", variant=variant, parallel_runs=1)
+    two = WordEmbedder.load(model_dir, provider="cpu", variant=variant, parallel_runs=2)
+    assert one.session.parallel_runs == 1 and two.session.parallel_runs == 2
+    results = list(zip(one.embed(texts), two.embed(texts)))
+    assert results[-1][0].num_windows > 1  # windows of one text run in parallel too
+    for a, b in results:
+        assert a.words == b.words and a.num_windows == b.num_windows
+        np.testing.assert_array_equal(a.vectors, b.vectors)
 
 
 @pytest.mark.gpu
