@@ -90,6 +90,12 @@ def markdown(result: dict[str, Any]) -> str:
                 f" bare session {_f(e['corpus']['bare_session_words_per_s'], 0)} words/s;"
                 f" process peak RSS {_f(e['peak_rss_mb'], 0)} MB",
             ]
+            c = e["corpus"]
+            if "embed_parallel_runs_words_per_s" in c:
+                lines.append(
+                    f"- with `parallel_runs={c['parallel_runs']}` (opt-in, a second session):"
+                    f" {_f(c['embed_parallel_runs_words_per_s'], 0)} words/s"
+                )
             idle = e.get("after_idle_p50_ms") or {}
             for spin, row in idle.items():
                 what = "stop at once" if spin == "0" else f"{int(spin) // 1000} ms"

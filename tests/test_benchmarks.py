@@ -132,12 +132,18 @@ def test_report_renders(tmp_path: Path) -> None:
             "bare_session": {"p50_ms": 0.75},
             "stages_p50_ms": {"tokenize": 0.06, "run": 0.76, "pool": 0.02},
         },
-        "corpus": {"embed_words_per_s": 9000.0, "bare_session_words_per_s": 6000.0},
+        "corpus": {
+            "embed_words_per_s": 9000.0,
+            "bare_session_words_per_s": 6000.0,
+            "embed_parallel_runs_words_per_s": 11000.0,
+            "parallel_runs": 2,
+        },
         "peak_rss_mb": 200.0,
         "after_idle_p50_ms": {"0": {"0": 0.8, "10": 5.2}, "3000": {"0": 0.8, "10": 1.9}},
     }
     md = markdown(result)
     assert "**1.120×** (0.840 vs 0.750 ms)" in md
+    assert "with `parallel_runs=2` (opt-in, a second session): 11000 words/s" in md
     assert "stop at once: 0.80 ms after 0 ms idle, 5.20 ms after 10 ms idle" in md
     assert "3 ms: 0.80 ms after 0 ms idle, 1.90 ms after 10 ms idle" in md
     assert plots(result, tmp_path, "quick")

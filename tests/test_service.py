@@ -33,8 +33,9 @@ def fp32_server(fp32_embedder: WordEmbedder) -> Iterator[ThreadServer]:
 
 
 @pytest.fixture(scope="module")
-def int8_server(embedder: WordEmbedder) -> Iterator[ThreadServer]:
-    server = ThreadServer(embedder)
+def int8_server(model_dir: Path) -> Iterator[ThreadServer]:
+    # As `ctxembed serve` runs it: parallel single-threaded runs, two batches in flight.
+    server = ThreadServer(WordEmbedder.load(model_dir, provider="cpu", parallel_runs=2))
     yield server
     server.stop()
 
@@ -191,7 +192,7 @@ def test_int8_results_do_not_depend_on_batch(
     int8_server: ThreadServer, embedder: WordEmbedder
 ) -> None:
     # int8 activations are quantized per tensor, so int8 rows run alone (isolate_rows).
-    assert embedder.isolate_rows
+    assert embedder.isolate_rows and int8_server.running.batcher.max_inflight == 2
     texts = CORPUS.read_text(encoding="utf-8").splitlines()[100:132]
     with ThreadPoolExecutor(16) as pool, Client(int8_server.address) as client:
         remote = list(pool.map(lambda t: client.embed([t])[0], texts))

@@ -153,7 +153,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         type=int,
         default=None,
         help="ONNX runs in flight at once when a batch has several rows, one thread each"
-        " (default: cores; 1 saves the second session's memory, ~60 MB for MiniLM)",
+        " (default: physical cores; 1 saves the second session's memory, ~60 MB for MiniLM)",
     )
     p.add_argument("--stride", type=int, default=None, help="window stride for long texts (tokens)")
     p.add_argument("--max-batch-tokens", type=int, default=8192, help="micro-batch token budget")

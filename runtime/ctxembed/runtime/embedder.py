@@ -95,7 +95,7 @@ class WordEmbedder:
         threads: int | None = None,
         spinning: bool = True,
         spin_after_run_us: int = DEFAULT_SPIN_AFTER_RUN_US,
-        parallel_runs: int | None = None,
+        parallel_runs: int = 1,
         stride: int | None = None,
         limits: Limits | None = None,
         run_batch_tokens: int = 256,
@@ -106,8 +106,8 @@ class WordEmbedder:
         ``run_batch_tokens`` caps the padded tokens of one ONNX run: small batches of similar
         length were fastest on this project's CPUs (cache-bound). ``isolate_rows`` (default: on
         for int8) runs every window alone so that results never depend on batch neighbours.
-        ``parallel_runs`` (default: cores, CPU only) runs a call's rows that many at a time on
-        one thread each; 1 keeps a single session (see ``ModelSession``).
+        ``parallel_runs`` > 1 (CPU only) runs a call's rows that many at a time, one thread
+        each, on a second session (+20% bulk throughput here, ~60 MB; see ``ModelSession``).
         """
         path = Path(model_dir)
         manifest = load_manifest(path)

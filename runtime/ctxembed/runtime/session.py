@@ -42,9 +42,9 @@ class SessionConfig:
     # 3 ms of one core per run; onnxruntime's default (~40 ms here) 0.75 / 0.9 / 1.2 ms, for
     # 39 ms of CPU in the 50 ms after each run.
     spin_after_run_us: int = DEFAULT_SPIN_AFTER_RUN_US
-    # Single-threaded runs in flight at once when a call has several rows (see ModelSession);
-    # default: the threads; 1 keeps one session.
-    parallel_runs: int | None = None
+    # Single-threaded runs in flight at once when a call has several rows (see ModelSession).
+    # 1 (the default) keeps one session; the server asks for one per physical core.
+    parallel_runs: int = 1
 
 
 def physical_cores() -> int:
@@ -111,8 +111,9 @@ class ModelSession:
     several rows, they run ``parallel_runs`` at a time, each on one thread of a second,
     single-threaded session over the same file: for short rows that beat one multi-threaded
     run after another (bank-length corpus texts, 2 cores: 806 vs 671 texts/s), since there
-    are no barriers between threads to wait at. It costs the second copy of the weights
-    (~60 MB for MiniLM); ``parallel_runs=1`` turns it off.
+    are no barriers between threads to wait at. It costs a second copy of the weights
+    (~60 MB for MiniLM), which would take an in-process embedding of the corpus past 300 MB
+    RSS, so it is opt-in (``parallel_runs > 1``); ``ctxembed serve`` turns it on.
     """
 
     def __init__(self, model_dir: Path, manifest: Manifest, config: SessionConfig) -> None:
@@ -131,8 +132,7 @@ class ModelSession:
             raise ModelLoadError(f"{self.path} lacks graph inputs {sorted(missing)}")
         self._token_types = "token_type_ids" in inputs
         self._direct = _direct_run(self.session, self.provider)
-        parallel = config.parallel_runs if config.parallel_runs is not None else self.threads
-        self.parallel_runs = max(1, parallel) if self.provider == CPU else 1
+        self.parallel_runs = max(1, config.parallel_runs) if self.provider == CPU else 1
         self._row_run: Callable[..., list[np.ndarray]] | None = None
         self._pool: ThreadPoolExecutor | None = None
         if self.parallel_runs > 1:

@@ -16,6 +16,7 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from ctxembed.runtime import CtxembedError, Limits, WordEmbedder
+from ctxembed.runtime.session import physical_cores
 from ctxembed.runtime.types import DEFAULT_SPIN_AFTER_RUN_US
 from ctxembed.service.batcher import MicroBatcher
 from ctxembed.service.servicer import WordEmbedderServicer
@@ -43,7 +44,7 @@ class ServerSettings:
     threads: int | None = None
     spinning: bool = True
     spin_after_run_us: int = DEFAULT_SPIN_AFTER_RUN_US
-    parallel_runs: int | None = None  # None: one per core (see ModelSession)
+    parallel_runs: int | None = None  # None: one per physical core (see ModelSession)
     stride: int | None = None
     max_batch_tokens: int = 8192  # micro-batch flush budget (requests gathered per batch)
     run_batch_tokens: int = 256  # padded tokens per ONNX run inside a micro-batch
@@ -95,7 +96,7 @@ async def start_server(
             threads=settings.threads,
             spinning=settings.spinning,
             spin_after_run_us=settings.spin_after_run_us,
-            parallel_runs=settings.parallel_runs,
+            parallel_runs=settings.parallel_runs or physical_cores(),
             stride=settings.stride,
             limits=settings.limits,
             run_batch_tokens=settings.run_batch_tokens,
