@@ -147,11 +147,12 @@ async def serve(settings: ServerSettings) -> int:
     running = await start_server(settings)
     emb = running.embedder
     log.info(
-        "ctxembed serving %s (%s, %s, %d threads) on %s, ready in %.2f s",
+        "ctxembed serving %s (%s, %s, %d threads, %d parallel runs) on %s, ready in %.2f s",
         emb.name,
         emb.session.variant.name,
         emb.session.provider,
         emb.session.threads,
+        emb.session.parallel_runs,
         running.address,
         time.perf_counter() - started,
     )
