@@ -390,3 +390,24 @@ def test_cli_embed_and_info(fp32_server: ThreadServer, capsys: pytest.CaptureFix
     assert main(["info", "--server", "127.0.0.1:1", "--timeout", "1"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and ("UNAVAILABLE" in err or "DEADLINE_EXCEEDED" in err)
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--parallel-runs", "0", "argument --parallel-runs: must be at least 1, got 0"),
+        ("--spin-after-run-us", "-5", "argument --spin-after-run-us: must be at least 0, got -5"),
+        ("--port", "70000", "argument --port: must be between 0 and 65535, got 70000"),
+        ("--max-wait-ms", "-1", "argument --max-wait-ms: must be at least 0, got -1"),
+        ("--threads", "two", "argument --threads: expected an integer, got 'two'"),
+    ],
+)
+def test_serve_rejects_out_of_range_flags(
+    flag: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ctxembed.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["serve", "--model-dir", "unused", flag, value])
+    assert info.value.code == 2
+    assert message in capsys.readouterr().err
