@@ -49,3 +49,15 @@ def test_presplit_offsets_refer_to_joined_words(embedder: WordEmbedder) -> None:
         assert joined[w.start : w.end] == w.text
     assert len(res.words[2].tokens) == 4  # em ##bed ##ding ##s
     assert res.words[2].tokens[0].piece == "em"
+
+
+def test_literal_special_token_is_a_word(embedder: WordEmbedder) -> None:
+    # The model's specials wrap each window (added by forward, not in the text's tokens); a
+    # literal "[SEP]" typed in a text is one of its words, with its own vector.
+    text = "before [SEP] after [CLS]"
+    [res] = embedder.embed([text], include_tokens=True)
+    assert [w.text for w in res.words] == ["before", "[SEP]", "after", "[CLS]"]
+    assert [t.piece for t in res.words[1].tokens] == ["[SEP]"]
+    assert text[res.words[3].start : res.words[3].end] == "[CLS]"
+    [alone] = embedder.embed(["before"])
+    assert alone.num_tokens == 1  # specials are not counted as the text's tokens
