@@ -251,11 +251,15 @@ def test_parallel_runs_give_identical_vectors(model_dir: Path, variant: str) -> 
     one = WordEmbedder.load(model_dir, provider="cpu", variant=variant, parallel_runs=1)
     two = WordEmbedder.load(model_dir, provider="cpu", variant=variant, parallel_runs=2)
     assert one.session.parallel_runs == 1 and two.session.parallel_runs == 2
-    results = list(zip(one.embed(texts), two.embed(texts)))
+    with two:
+        results = list(zip(one.embed(texts), two.embed(texts)))
     assert results[-1][0].num_windows > 1  # windows of one text run in parallel too
     for a, b in results:
         assert a.words == b.words and a.num_windows == b.num_windows
         np.testing.assert_array_equal(a.vectors, b.vectors)
+    # closed: the threads are gone, the embedder still works, one run after another
+    assert two.session.parallel_runs == 1
+    np.testing.assert_array_equal(two.embed(texts[:3])[2].vectors, results[2][1].vectors)
 
 
 @pytest.mark.gpu

@@ -134,6 +134,16 @@ class WordEmbedder:
         )
         return embedder
 
+    def close(self) -> None:
+        """Stop the threads of ``parallel_runs`` (if any); the embedder stays usable."""
+        self.session.close()
+
+    def __enter__(self) -> WordEmbedder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- facts -------------------------------------------------------------------------------
     @property
     def dimension(self) -> int:

@@ -179,8 +179,11 @@ class ModelSession:
             list(self.run_many([(arr, np.ones_like(arr))] * self.parallel_runs, [output]))
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
+        """Stop the parallel-run threads; later calls run one after another."""
+        pool, self._pool, self._row_run = self._pool, None, None
+        self.parallel_runs = 1
+        if pool is not None:
+            pool.shutdown(wait=True)
 
 
 def _options(threads: int, config: SessionConfig) -> ort.SessionOptions:

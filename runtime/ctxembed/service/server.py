@@ -67,12 +67,15 @@ class RunningServer:
     embedder: WordEmbedder
     port: int
     address: str
+    owns_embedder: bool = False  # loaded by start_server, so closed by shutdown
 
     async def shutdown(self, grace_s: float) -> None:
         """NOT_SERVING first, then refuse new calls and let in-flight ones finish."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
         await self.batcher.close()
+        if self.owns_embedder:
+            self.embedder.close()
 
 
 def channel_options(settings: ServerSettings) -> list[tuple[str, int]]:
@@ -88,6 +91,7 @@ def channel_options(settings: ServerSettings) -> list[tuple[str, int]]:
 async def start_server(
     settings: ServerSettings, embedder: WordEmbedder | None = None
 ) -> RunningServer:
+    owns_embedder = embedder is None
     if embedder is None:
         embedder = WordEmbedder.load(
             settings.model_dir,
@@ -133,12 +137,15 @@ async def start_server(
             port = server.add_insecure_port(address)
     except (RuntimeError, OSError) as exc:
         # so_reuseport is off: a port already in use fails here instead of being shared.
+        if owns_embedder:
+            embedder.close()
         raise ServeError(f"cannot listen on {address}: {exc}") from None
     batcher.start()
     await server.start()
     for service in ("", SERVICE_NAME):
         await health.set(service, health_pb2.HealthCheckResponse.SERVING)
-    return RunningServer(server, health, batcher, embedder, port, f"{settings.host}:{port}")
+    address = f"{settings.host}:{port}"
+    return RunningServer(server, health, batcher, embedder, port, address, owns_embedder)
 
 
 async def serve(settings: ServerSettings) -> int:
