@@ -120,30 +120,23 @@ def _run_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _int_at_least(low: int, high: int | None = None) -> Callable[[str], int]:
-    """An argparse type: an integer in [low, high]; argparse names the flag in the error."""
+def _at_least(
+    low: float, high: float | None = None, *, integer: bool = True
+) -> Callable[[str], float]:
+    """An argparse type: a number in [low, high]; argparse names the flag in the error."""
 
-    def parse(text: str) -> int:
+    def parse(text: str) -> float:
         try:
-            value = int(text)
+            value = int(text) if integer else float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < low or (high is not None and value > high):
+            kind = "an integer" if integer else "a number"
+            raise argparse.ArgumentTypeError(f"expected {kind}, got {text!r}") from None
+        if not low <= value <= (high if high is not None else value):
             bound = f"between {low} and {high}" if high is not None else f"at least {low}"
-            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
         return value
 
     return parse
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
-    return value
 
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -153,7 +146,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
     p.add_argument(
         "--port",
-        type=_int_at_least(0, 65535),
+        type=_at_least(0, 65535),
         default=50051,
         help="port; 0 picks a free one (default 50051)",
     )
@@ -163,7 +156,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--threads",
-        type=_int_at_least(1),
+        type=_at_least(1),
         default=None,
         help="ONNX Runtime threads (default: cores)",
     )
@@ -175,30 +168,30 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--spin-after-run-us",
-        type=_int_at_least(0),
+        type=_at_least(0),
         default=DEFAULT_SPIN_AFTER_RUN_US,
         help="microseconds threads keep spinning after a run, so that a request arriving"
         " soon finds them awake (0: stop at once); default %(default)s",
     )
     p.add_argument(
         "--parallel-runs",
-        type=_int_at_least(1),
+        type=_at_least(1),
         default=None,
         help="ONNX runs in flight at once when a batch has several rows, one thread each"
         " (default: physical cores; 1 saves the second session's memory, ~60 MB for MiniLM)",
     )
     p.add_argument(
         "--stride",
-        type=_int_at_least(1),
+        type=_at_least(1),
         default=None,
         help="window stride for long texts (tokens)",
     )
     p.add_argument(
-        "--max-batch-tokens", type=_int_at_least(1), default=8192, help="micro-batch token budget"
+        "--max-batch-tokens", type=_at_least(1), default=8192, help="micro-batch token budget"
     )
     p.add_argument(
         "--run-batch-tokens",
-        type=_int_at_least(1),
+        type=_at_least(1),
         default=256,
         help="padded tokens per ONNX run (default 256: fastest measured)",
     )
@@ -209,24 +202,27 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         " slightly on batch neighbours (per-tensor activation scales)",
     )
     p.add_argument(
-        "--max-wait-ms", type=_non_negative_float, default=2.0, help="micro-batch maximum wait"
+        "--max-wait-ms",
+        type=_at_least(0, integer=False),
+        default=2.0,
+        help="micro-batch maximum wait",
     )
     p.add_argument(
         "--max-queue",
-        type=_int_at_least(1),
+        type=_at_least(1),
         default=256,
         help="queued requests before RESOURCE_EXHAUSTED",
     )
     p.add_argument(
         "--grace",
-        type=_non_negative_float,
+        type=_at_least(0, integer=False),
         default=10.0,
         help="seconds to finish in-flight requests",
     )
-    p.add_argument("--max-inputs", type=_int_at_least(1), default=d.max_inputs_per_request)
-    p.add_argument("--max-chars", type=_int_at_least(1), default=d.max_chars_per_text)
-    p.add_argument("--max-words", type=_int_at_least(1), default=d.max_words_per_text)
-    p.add_argument("--max-spans", type=_int_at_least(1), default=d.max_spans_per_text)
+    p.add_argument("--max-inputs", type=_at_least(1), default=d.max_inputs_per_request)
+    p.add_argument("--max-chars", type=_at_least(1), default=d.max_chars_per_text)
+    p.add_argument("--max-words", type=_at_least(1), default=d.max_words_per_text)
+    p.add_argument("--max-spans", type=_at_least(1), default=d.max_spans_per_text)
     p.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate (with --tls-key)")
     p.add_argument("--tls-key", type=Path, default=None, help="PEM private key")
     p.add_argument("--log-level", default="INFO")
