@@ -262,6 +262,21 @@ def test_parallel_runs_give_identical_vectors(model_dir: Path, variant: str) -> 
     np.testing.assert_array_equal(two.embed(texts[:3])[2].vectors, results[2][1].vectors)
 
 
+@pytest.mark.parametrize("parallel_runs", [1, 2])
+def test_calibrated_int8_batches_rows_exactly_as_alone(model_dir: Path, parallel_runs: int) -> None:
+    # Fixed activation ranges: a padded batch gives each row exactly what it gets alone.
+    texts = CORPUS.read_text(encoding="utf-8").splitlines()[200:232]
+    with WordEmbedder.load(model_dir, provider="cpu", parallel_runs=parallel_runs) as emb:
+        assert (emb.session.variant.quantization or {})["activations"] == "calibrated"
+        assert not emb.session.variant.dynamic_activation_scales and not emb.isolate_rows
+        lengths = [emb.prepare([t]).texts[0].tokens.num_tokens + 2 for t in texts]
+        batches = emb._buckets(sorted(range(len(texts)), key=lengths.__getitem__), lengths)
+        assert max(len(b) for b in batches) > 1  # rows really share runs
+        batched = emb.embed(texts)
+        for text, res in zip(texts, batched):
+            np.testing.assert_array_equal(res.vectors, emb.embed([text])[0].vectors)
+
+
 @pytest.mark.gpu
 def test_cuda_fp16(model_dir: Path) -> None:
     import onnxruntime as ort

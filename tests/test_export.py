@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from ctxembed.cli import main
+from ctxembed.runtime import WordEmbedder
 from ctxembed.runtime.manifest import load_manifest
 
 
@@ -33,6 +35,8 @@ def test_manifest_describes_the_folder(model_dir: Path) -> None:
         "arm64",
     )
     assert int8.optimization["fusions"].get("Attention", 0) == 6
+    assert int8.quantization["activations"] == "calibrated"
+    assert not int8.dynamic_activation_scales
     for v in manifest.variants:
         data = (model_dir / v.file).read_bytes()
         assert hashlib.sha256(data).hexdigest() == v.sha256
@@ -85,6 +89,61 @@ def test_local_folder_export_and_force(
     )
     assert [v.name for v in load_manifest(out).variants] == ["fp32"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
+
+
+def test_int8_activation_ranges_calibrated_or_dynamic(tiny_source: Path, tmp_path: Path) -> None:
+    import onnx
+
+    from ctxembed.export.calibration_texts import CALIBRATION_TEXTS
+
+    ops = {}
+    for mode in ("calibrated", "dynamic"):
+        out = tmp_path / mode
+        args = ["export", "--model", str(tiny_source), "--out", str(out)]
+        assert main([*args, "--int8-activations", mode]) == 0
+        int8 = load_manifest(out).variant("int8")
+        assert int8.quantization is not None and int8.quantization["activations"] == mode
+        assert int8.dynamic_activation_scales is (mode == "dynamic")
+        graph = onnx.load(str(out / int8.file)).graph
+        ops[mode] = [n.op_type for n in graph.node]
+        with WordEmbedder.load(out, provider="cpu") as emb:
+            assert emb.isolate_rows is (mode == "dynamic")  # dynamic int8 rows run alone
+    calibrated = load_manifest(tmp_path / "calibrated").variant("int8")
+    int8_quantization = calibrated.quantization or {}
+    assert int8_quantization["calibration_texts"] == len(CALIBRATION_TEXTS)
+    # every run-time range estimate became a constant-range QuantizeLinear
+    assert "DynamicQuantizeLinear" not in ops["calibrated"]
+    assert (
+        ops["calibrated"].count("QuantizeLinear")
+        == ops["dynamic"].count("DynamicQuantizeLinear")
+        == int8_quantization["calibrated_tensors"]
+    )
+
+
+def test_calibrated_scale_matches_onnx_dynamic_quantize() -> None:
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+
+    from ctxembed.export.calibrate import ActivationRange
+
+    graph = helper.make_graph(
+        [helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "scale", "zero"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+        [
+            helper.make_tensor_value_info("q", TensorProto.UINT8, [None]),
+            helper.make_tensor_value_info("scale", TensorProto.FLOAT, []),
+            helper.make_tensor_value_info("zero", TensorProto.UINT8, []),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for x in (rng.normal(0.3, 2.0, 500), rng.uniform(0.5, 3.0, 50), -rng.uniform(1, 9, 50)):
+        x = x.astype(np.float32)
+        _, scale, zero = session.run(None, {"x": x})
+        ours = ActivationRange(float(x.min()), float(x.max())).scale_and_zero_point()
+        assert ours[0] == pytest.approx(float(scale), rel=1e-6) and ours[1] == int(zero)
 
 
 def test_failing_validation_writes_nothing(

@@ -50,6 +50,13 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="optimum quantization preset (default: detected from this CPU)",
     )
     p.add_argument("--no-per-channel", action="store_true", help="per-tensor int8 weight scales")
+    p.add_argument(
+        "--int8-activations",
+        choices=("calibrated", "dynamic"),
+        default="calibrated",
+        help="int8 activation ranges: fixed from calibration texts, so batched rows get the"
+        " vectors they get alone (default), or computed per run over the batch",
+    )
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     p.add_argument(
         "--fp32-min-cosine",
@@ -112,6 +119,7 @@ def _run_export(args: argparse.Namespace) -> int:
         force=args.force,
         quant_preset=args.quant_preset,
         per_channel=not args.no_per_channel,
+        int8_activations=args.int8_activations,
         revision=args.revision,
         thresholds=thresholds,
     )
@@ -198,8 +206,9 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--batch-int8-rows",
         action="store_true",
-        help="batch int8 rows together: ~20%% faster, but vectors then depend"
-        " slightly on batch neighbours (per-tensor activation scales)",
+        help="batch the rows of an int8 variant with dynamic activation scales"
+        " (exported with --int8-activations dynamic): faster, but vectors then depend"
+        " slightly on batch neighbours; calibrated int8 (the default) always batches",
     )
     p.add_argument(
         "--max-wait-ms",
@@ -263,6 +272,12 @@ def _run_serve(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
     )
+    import os
+
+    if os.environ.get("CTX_UVLOOP"):
+        import uvloop
+
+        return uvloop.run(serve(settings))
     return asyncio.run(serve(settings))
 
 

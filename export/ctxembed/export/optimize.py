@@ -122,7 +122,7 @@ def quantize_int8(fused: Path, out: Path, preset: str, per_channel: bool) -> dic
     )
     return {
         "preset": preset,
-        "mode": "dynamic",
+        "activations": "dynamic",  # calibrate.py may fix them afterwards
         "weights_dtype": cfg.weights_dtype.name,
         "activations_dtype": cfg.activations_dtype.name,
         "per_channel": cfg.per_channel,

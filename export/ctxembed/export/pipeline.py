@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ctxembed.export.calibrate import calibration_feeds, freeze_activation_ranges
 from ctxembed.export.errors import ExportError
 from ctxembed.export.onnx_graph import export_onnx, num_layers
 from ctxembed.export.optimize import detect_cpu_preset, fuse, quantize_int8, to_fp16
@@ -30,6 +31,7 @@ from ctxembed.export.validate import (
 )
 from ctxembed.runtime.manifest import MANIFEST_NAME, Manifest, Variant
 
+INT8_ACTIVATIONS = ("calibrated", "dynamic")
 TOOLS = (
     "ctxembed",
     "optimum",
@@ -52,6 +54,8 @@ class ExportOptions:
     force: bool = False
     quant_preset: str = "auto"  # auto | avx2 | avx512 | avx512_vnni | arm64
     per_channel: bool = True
+    # calibrated: fixed activation ranges (batchable, see calibrate.py) | dynamic: per run
+    int8_activations: str = "calibrated"
     revision: str | None = None
     thresholds: dict[str, Thresholds] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     models_root: Path = Path("models")
@@ -100,6 +104,11 @@ def _check_options(opts: ExportOptions) -> None:
         raise ExportError(f"--target must be cpu or cuda, not {opts.target!r}")
     if opts.quantize not in ("int8", "none"):
         raise ExportError(f"--quantize must be int8 or none, not {opts.quantize!r}")
+    if opts.int8_activations not in INT8_ACTIVATIONS:
+        raise ExportError(
+            f"--int8-activations must be {' or '.join(INT8_ACTIVATIONS)},"
+            f" not {opts.int8_activations!r}"
+        )
     if opts.layers not in ("last", "all"):
         raise ExportError(f"--layers must be last or all, not {opts.layers!r}")
 
@@ -154,21 +163,7 @@ def _build(
         variants.append(
             _variant("fp32", "model.onnx", "fp32", "cpu", tmp, {"fusions": fused.fusions})
         )
-    if opts.target == "cpu" and opts.quantize == "int8":
-        preset = detect_cpu_preset() if opts.quant_preset == "auto" else opts.quant_preset
-        with steps.step(f"Quantizing to int8 (dynamic, optimum preset {preset})"):
-            quant = quantize_int8(fused.path, tmp / "model_int8.onnx", preset, opts.per_channel)
-            variants.append(
-                _variant(
-                    "int8", "model_int8.onnx", "int8", "cpu", tmp, {"fusions": fused.fusions}, quant
-                )
-            )
-    elif opts.target == "cuda":
-        with steps.step("Converting to fp16 for CUDA"):
-            to_fp16(raw, tmp / "model_fp16.onnx", source.config)
-            variants.append(_variant("fp16", "model_fp16.onnx", "fp16", "cuda", tmp, {}))
-    else:
-        steps.done += 1
+    # The tokenizer comes first: int8 calibration tokenizes with it.
     with steps.step("Writing the tokenizer (padding and truncation cleared)"):
         tokenizer, tokenizer_max = write_tokenizer(source.location, source.revision, tmp)
         source.config.save_pretrained(
@@ -176,6 +171,24 @@ def _build(
         )  # config.json: lets optimum's ORT classes load the folder
     max_tokens = _max_tokens(source, tokenizer_max)
     graph_inputs, layer_outputs = _graph_io(fused.path, all_layers, source)
+    if opts.target == "cpu" and opts.quantize == "int8":
+        preset = detect_cpu_preset() if opts.quant_preset == "auto" else opts.quant_preset
+        how = f"{opts.int8_activations} activations, optimum preset {preset}"
+        with steps.step(f"Quantizing to int8 ({how})"):
+            int8 = tmp / "model_int8.onnx"
+            quant = quantize_int8(fused.path, int8, preset, opts.per_channel)
+            if opts.int8_activations == "calibrated":
+                feeds = calibration_feeds(tmp / tokenizer.file, graph_inputs, max_tokens)
+                quant |= freeze_activation_ranges(int8, int8, feeds)
+            variants.append(
+                _variant("int8", int8.name, "int8", "cpu", tmp, {"fusions": fused.fusions}, quant)
+            )
+    elif opts.target == "cuda":
+        with steps.step("Converting to fp16 for CUDA"):
+            to_fp16(raw, tmp / "model_fp16.onnx", source.config)
+            variants.append(_variant("fp16", "model_fp16.onnx", "fp16", "cuda", tmp, {}))
+    else:
+        steps.done += 1
     with steps.step(f"Validating {len(variants)} variant(s) against PyTorch"):
         variants = _validate(opts, source, variants, tmp, max_tokens, graph_inputs)
     shutil.rmtree(work, ignore_errors=True)

@@ -74,11 +74,12 @@ class WordEmbedder:
         if not 1 <= self.stride <= self.capacity:
             raise ValueError(f"stride must be between 1 and {self.capacity}, got {self.stride}")
         self.run_batch_tokens = run_batch_tokens
-        # int8 graphs quantize activations per tensor, over the whole batch: a text's vectors
-        # would then depend on its batch neighbours. Running each window alone keeps results
-        # exactly reproducible, for about 20% of int8 throughput (measured here).
+        # Dynamic int8 graphs quantize activations per tensor, over the whole batch: a text's
+        # vectors would then depend on its batch neighbours. Running each window alone keeps
+        # results reproducible, for about 20% of int8 throughput (measured here). Calibrated
+        # int8 (the export default) has fixed scales and batches like fp32.
         if isolate_rows is None:
-            isolate_rows = session.variant.precision == "int8"
+            isolate_rows = session.variant.dynamic_activation_scales
         self.isolate_rows = isolate_rows
         self._pad_id = manifest.tokenizer.pad_token_id
         self._layers_available = tuple(manifest.layers_available)
@@ -105,7 +106,8 @@ class WordEmbedder:
 
         ``run_batch_tokens`` caps the padded tokens of one ONNX run: small batches of similar
         length were fastest on this project's CPUs (cache-bound). ``isolate_rows`` (default: on
-        for int8) runs every window alone so that results never depend on batch neighbours.
+        for int8 with dynamic activation scales) runs every window alone so that results never
+        depend on batch neighbours.
         ``parallel_runs`` > 1 (CPU only) runs a call's rows that many at a time, one thread
         each, on a second session (+20% bulk throughput here, ~60 MB; see ``ModelSession``).
         """
@@ -262,8 +264,8 @@ class WordEmbedder:
         """Token states per text, shape (len(layer_ids), tokens, dim), float32.
 
         Windows of all texts are sorted by length and padded per batch of similar lengths
-        (int8 windows run alone, see ``isolate_rows``), so a text's vectors do not depend on
-        what it is batched with.
+        (dynamic-int8 windows run alone, see ``isolate_rows``), so a text's vectors do not
+        depend on what it is batched with.
         """
         outputs = [self.manifest.layer_outputs[i] for i in layer_ids]
         if len(texts) == 1 and texts[0].plan.count == 1 and texts[0].units.tokens.shape[0]:
@@ -310,12 +312,16 @@ class WordEmbedder:
         return np.stack([out[0, lo:hi] for out in result])
 
     def _buckets(self, order: list[int], lengths: list[int]) -> list[list[int]]:
-        """Consecutive runs of the length-sorted rows within the token budget."""
+        """Consecutive runs of the length-sorted rows within the token budget, and spread over
+        the session's parallel runs (16 rows → two runs of 8 when it has two)."""
+        per_run = -(-len(order) // self.session.parallel_runs)
         batches: list[list[int]] = []
         current: list[int] = []
         for row in order:
             if current and (
-                self.isolate_rows or (len(current) + 1) * lengths[row] > self.run_batch_tokens
+                self.isolate_rows
+                or len(current) >= per_run
+                or (len(current) + 1) * lengths[row] > self.run_batch_tokens
             ):
                 batches.append(current)
                 current = []

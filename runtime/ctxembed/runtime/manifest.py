@@ -32,6 +32,15 @@ class Variant:
     quantization: dict[str, Any] | None = None
     validation: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def dynamic_activation_scales(self) -> bool:
+        """int8 whose activation scales are computed per run over the whole batch, so a row's
+        result depends on the rows batched with it (exports before calibration, or
+        ``--int8-activations dynamic``)."""
+        if self.precision != "int8":
+            return False
+        return (self.quantization or {}).get("activations") != "calibrated"
+
 
 @dataclass(frozen=True)
 class TokenizerInfo:

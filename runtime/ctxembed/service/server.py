@@ -48,7 +48,7 @@ class ServerSettings:
     stride: int | None = None
     max_batch_tokens: int = 8192  # micro-batch flush budget (requests gathered per batch)
     run_batch_tokens: int = 256  # padded tokens per ONNX run inside a micro-batch
-    isolate_rows: bool | None = None  # None: on for int8 (see WordEmbedder.load)
+    isolate_rows: bool | None = None  # None: on for dynamic int8 (see WordEmbedder.load)
     max_wait_ms: float = 2.0
     max_queue: int = 256
     grace_s: float = 10.0
