@@ -228,6 +228,12 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=10.0,
         help="seconds to finish in-flight requests",
     )
+    p.add_argument(
+        "--event-loop",
+        choices=("auto", "uvloop", "asyncio"),
+        default="auto",
+        help="asyncio event loop (default auto: uvloop when installed, it is faster)",
+    )
     p.add_argument("--max-inputs", type=_at_least(1), default=d.max_inputs_per_request)
     p.add_argument("--max-chars", type=_at_least(1), default=d.max_chars_per_text)
     p.add_argument("--max-words", type=_at_least(1), default=d.max_words_per_text)
@@ -238,9 +244,9 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    import asyncio
     import logging
 
+    from ctxembed.service import event_loop
     from ctxembed.service.server import ServerSettings, serve
 
     logging.basicConfig(
@@ -272,13 +278,11 @@ def _run_serve(args: argparse.Namespace) -> int:
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
     )
-    import os
-
-    if os.environ.get("CTX_UVLOOP"):
-        import uvloop
-
-        return uvloop.run(serve(settings))
-    return asyncio.run(serve(settings))
+    try:
+        return event_loop.run(serve(settings), args.event_loop)
+    except event_loop.EventLoopUnavailable as exc:
+        print(f"ctxembed serve: {exc}", file=sys.stderr)
+        return 2
 
 
 def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -19,6 +19,7 @@ from ctxembed.runtime import CtxembedError, Limits, WordEmbedder
 from ctxembed.runtime.session import physical_cores
 from ctxembed.runtime.types import DEFAULT_SPIN_AFTER_RUN_US
 from ctxembed.service.batcher import MicroBatcher
+from ctxembed.service.event_loop import running_loop_name
 from ctxembed.service.servicer import WordEmbedderServicer
 from ctxembed.v1 import embedder_pb2 as pb
 from ctxembed.v1 import embedder_pb2_grpc as pb_grpc
@@ -154,12 +155,13 @@ async def serve(settings: ServerSettings) -> int:
     running = await start_server(settings)
     emb = running.embedder
     log.info(
-        "ctxembed serving %s (%s, %s, %d threads, %d parallel runs) on %s, ready in %.2f s",
+        "ctxembed serving %s (%s, %s, %d threads, %d parallel runs, %s) on %s, ready in %.2f s",
         emb.name,
         emb.session.variant.name,
         emb.session.provider,
         emb.session.threads,
         emb.session.parallel_runs,
+        running_loop_name(),
         running.address,
         time.perf_counter() - started,
     )
