@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from benchmarks import echo_server
 from benchmarks.engines import BANK, time_calls
 from benchmarks.harness import ProcessServer
 from benchmarks.stats import percentiles
@@ -99,13 +100,29 @@ def stage_split(stats: dict[str, Any]) -> dict[str, float]:
     return {name: 1000 * float(stats.get(f"{key}_s", 0.0)) / n for name, key in names.items()}
 
 
+def bare_echo_round_trip(reps: int) -> dict[str, float]:
+    """p50 of one call to a grpc.aio echo server with no ctxembed code (benchmarks.echo_server)."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.echo_server"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().split()[1])
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            echo = channel.unary_unary(echo_server.METHOD, None, None)
+            return percentiles(time_calls(lambda: echo(b""), reps, warmup=50))
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def one_client(address: str, reps: int) -> dict[str, Any]:
     """Bank-sentence latency, and an empty RPC's (GetModelInfo): gRPC's own floor here."""
     bank = [TextInput(text=BANK, select_words=["bank"])]
     with Client(address) as client:
         embed = percentiles(time_calls(lambda: client.embed(bank), reps, warmup=50))
         floor = percentiles(time_calls(client.info, reps, warmup=50))
-    return {**embed, "empty_rpc": floor}
+    return {**embed, "empty_rpc": floor, "bare_echo": bare_echo_round_trip(reps)}
 
 
 def run_setting(

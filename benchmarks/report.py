@@ -15,6 +15,14 @@ ENGINE_NAMES = {
 }
 
 
+# Extra server settings measured at 1 and 32 clients, as the report names them.
+SETTINGS = {
+    "asyncio_loop": "on the standard asyncio event loop (`--event-loop asyncio`)",
+    "no_spinning": "with `--no-spinning`",
+    "batch_int8_rows": "with `--batch-int8-rows`",  # results from before calibrated int8
+}
+
+
 def _f(value: Any, digits: int = 2) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "n/a"
@@ -76,7 +84,7 @@ def markdown(result: dict[str, Any]) -> str:
             f" ÷ one gRPC client: **{_f(h['grpc32_over_grpc1'])}×**",
             f"- gRPC p50 − in-process p50 (bank): {_f(h['grpc_p50_minus_in_process_ms'])} ms;"
             f" an empty RPC (GetModelInfo) costs {_f(g['one_client']['empty_rpc']['p50_ms'])}"
-            " ms here",
+            " ms here" + _echo(g["one_client"]),
             f"- server start to SERVING: {_f(g['startup_s'])} s; peak server RSS under load:"
             f" {_f(g['peak_rss_mb'], 0)} MB",
         ]
@@ -101,13 +109,14 @@ def markdown(result: dict[str, Any]) -> str:
                 what = "stop at once" if spin == "0" else f"{int(spin) // 1000} ms"
                 gaps = ", ".join(f"{_f(ms, 2)} ms after {gap} ms idle" for gap, ms in row.items())
                 lines.append(f"- embed p50, threads spinning after a run {what}: {gaps}")
-        b = model["grpc"].get("batch_int8_rows")
-        if b:
-            sweep = {c["concurrency"]: c for c in b["concurrency"]}
-            lines.append(
-                f"- with `--batch-int8-rows`: 32 clients {_f(sweep[32]['texts_per_s'], 1)}"
-                f" texts/s, one client {_f(sweep[1]['texts_per_s'], 1)} texts/s"
-            )
+        for key, label in SETTINGS.items():
+            b = model["grpc"].get(key)
+            if b:
+                sweep = {c["concurrency"]: c for c in b["concurrency"]}
+                lines.append(
+                    f"- {label}: 32 clients {_f(sweep[32]['texts_per_s'], 1)}"
+                    f" texts/s, one client {_f(sweep[1]['texts_per_s'], 1)} texts/s"
+                )
         r = model.get("roofline") or {}
         if r:
             lines.append(
@@ -218,3 +227,10 @@ def write_report(result: dict[str, Any], folder: Path, mode: str) -> str:
     (folder / f"{mode}.md").write_text(md, encoding="utf-8")
     plots(result, folder, mode)
     return md
+
+
+def _echo(one_client: dict[str, Any]) -> str:
+    echo = one_client.get("bare_echo")
+    if not echo:
+        return ""
+    return f", a bare grpc.aio echo server with no ctxembed code {_f(echo['p50_ms'])} ms"

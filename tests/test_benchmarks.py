@@ -68,7 +68,7 @@ def _result() -> dict[str, Any]:
         "ctxembed-fp32": {"error": "skipped"},
         "ctxembed-int8": {"latency_p50_ms": med, "texts_per_s": {**med, "median": 400.0}},
     }
-    one = {"p50_ms": 2.0, "empty_rpc": {"p50_ms": 0.5}}
+    one = {"p50_ms": 2.0, "empty_rpc": {"p50_ms": 0.5}, "bare_echo": {"p50_ms": 0.45}}
     grpc = {
         "in_process_bank": {"p50_ms": 1.5},
         "default": {
@@ -121,6 +121,7 @@ def test_report_renders(tmp_path: Path) -> None:
     }
     md = markdown(result)
     assert "**5.00×**" in md and "**4.00×**" in md and "not run: skipped" in md
+    assert "a bare grpc.aio echo server with no ctxembed code 0.45 ms" in md
     written = plots(result, tmp_path, "quick")
     assert all(p.stat().st_size > 1000 for p in written)
 
