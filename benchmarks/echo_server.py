@@ -2,8 +2,8 @@
 
     python -m benchmarks.echo_server   # prints "port N" once listening, serves until killed
 
-It runs on the same event loop as ``ctxembed serve`` (uvloop when installed), so the difference
-between its round trip and ctxembed's is ctxembed's own overhead.
+It runs on the same (default) event loop as ``ctxembed serve``, so the difference between its
+round trip and ctxembed's is ctxembed's own overhead.
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ ENGINE_NAMES = {
 
 # Extra server settings measured at 1 and 32 clients, as the report names them.
 SETTINGS = {
-    "asyncio_loop": "on the standard asyncio event loop (`--event-loop asyncio`)",
+    "uvloop": "on uvloop (`--event-loop uvloop`)",
     "no_spinning": "with `--no-spinning`",
     "batch_int8_rows": "with `--batch-int8-rows`",  # results from before calibrated int8
 }

@@ -215,9 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "default": bench_grpc.run_setting(
                 model.model_dir, [], mode.levels, mode.grpc_seconds, mode.reps * 3, mode.texts
             ),
-            "asyncio_loop": bench_grpc.run_setting(
+            "uvloop": bench_grpc.run_setting(
                 model.model_dir,
-                ["--event-loop", "asyncio"],
+                ["--event-loop", "uvloop"],
                 (1, 32),
                 mode.grpc_seconds,
                 mode.reps,

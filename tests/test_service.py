@@ -316,19 +316,19 @@ def test_serve_command_prints_ready_line_and_try_command(model_dir: Path) -> Non
     code, log = server.finish()
     assert code == 0
     assert 'try: ctxembed embed "I live near the bank of America" --word bank' in log
-    assert "2 parallel runs, uvloop)" in log  # uvloop is a dependency: auto picks it
+    assert "2 parallel runs, asyncio)" in log
     assert sum("INFO" in line for line in log.splitlines()) <= 5  # no per-request logging
 
 
-def test_serve_on_the_standard_event_loop(model_dir: Path) -> None:
-    server = ProcessServer(model_dir, "--event-loop", "asyncio")
+def test_serve_on_uvloop(model_dir: Path) -> None:
+    server = ProcessServer(model_dir, "--event-loop", "uvloop")
     try:
         with Client(server.address) as client:
             assert client.embed([BANK])[0].vectors.shape == (7, 384)
     finally:
         server.proc.send_signal(signal.SIGTERM)
     code, log = server.finish()
-    assert code == 0 and "parallel runs, asyncio)" in log, log
+    assert code == 0 and "parallel runs, uvloop)" in log, log
 
 
 def test_event_loop_choice(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -336,9 +336,9 @@ def test_event_loop_choice(monkeypatch: pytest.MonkeyPatch) -> None:
 
     from ctxembed.service import event_loop
 
-    assert event_loop.resolve("auto") == "uvloop" and event_loop.resolve("asyncio") == "asyncio"
+    assert event_loop.resolve("asyncio") == "asyncio" and event_loop.resolve("uvloop") == "uvloop"
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)  # as if not installed
-    assert event_loop.resolve("auto") == "asyncio"
+    assert event_loop.resolve("asyncio") == "asyncio"
     with pytest.raises(event_loop.EventLoopUnavailable, match="uvloop is not installed"):
         event_loop.resolve("uvloop")
 

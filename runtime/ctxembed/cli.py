@@ -230,9 +230,9 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--event-loop",
-        choices=("auto", "uvloop", "asyncio"),
-        default="auto",
-        help="asyncio event loop (default auto: uvloop when installed, it is faster)",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="event loop: the standard one (default) or uvloop (pip install 'ctxembed[uvloop]')",
     )
     p.add_argument("--max-inputs", type=_at_least(1), default=d.max_inputs_per_request)
     p.add_argument("--max-chars", type=_at_least(1), default=d.max_chars_per_text)
