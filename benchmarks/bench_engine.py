@@ -126,6 +126,54 @@ def corpus_throughput(emb: WordEmbedder, texts: Sequence[str]) -> dict[str, Any]
     }
 
 
+def onnx_ceiling(
+    emb: WordEmbedder, texts: Sequence[str], batch_sizes: Sequence[int] = (1, 8)
+) -> dict[str, float]:
+    """Texts/s of the ONNX runs alone with every core busy: one single-threaded session run
+    from ``physical_cores()`` threads at once on prebuilt, length-sorted feeds (no Python
+    around them). What no server on this machine can exceed, whatever it batches."""
+    import threading
+
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(
+        str(emb.session.path), options, providers=["CPUExecutionProvider"]
+    )
+    output = [emb.manifest.layer_outputs[emb.manifest.num_layers]]
+    rows = [
+        np.concatenate([emb._prefix, t.tokens.ids[: emb.capacity], emb._suffix])
+        for t in emb.prepare(list(texts)).texts
+    ]
+    rows.sort(key=len)
+    workers = physical_cores()
+    result = {}
+    for size in batch_sizes:
+        feeds = []
+        for i in range(0, len(rows), size):
+            group = rows[i : i + size]
+            ids = np.zeros((len(group), len(group[-1])), np.int64)
+            mask = np.zeros_like(ids)
+            for r, row in enumerate(group):
+                ids[r, : len(row)], mask[r, : len(row)] = row, 1
+            feeds.append(_bare_feed(emb, ids, mask))
+        session.run(output, feeds[0])
+
+        def work(share: list[dict[str, np.ndarray]]) -> None:
+            for feed in share:
+                session.run(output, feed)
+
+        threads = [threading.Thread(target=work, args=(feeds[k::workers],)) for k in range(workers)]
+        start = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        result[str(size)] = len(rows) / (time.perf_counter() - start)
+    return result
+
+
 def after_idle(
     model_dir: str, variant: str, gaps_ms: Sequence[float] = (0, 1, 3, 10), reps: int = 150
 ) -> dict[str, dict[str, float]]:
@@ -186,6 +234,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["corpus"]["embed_parallel_runs_words_per_s"] = words / (time.perf_counter() - start)
     result["corpus"]["parallel_runs"] = parallel.session.parallel_runs
     del parallel
+    emb = WordEmbedder.load(args.model_dir, provider="cpu", variant=args.variant)
+    result["onnx_ceiling_texts_per_s"] = onnx_ceiling(emb, texts)
+    del emb
     result["after_idle_p50_ms"] = after_idle(args.model_dir, args.variant)
     json.dump(result, sys.stdout)
     return 0

@@ -6,6 +6,7 @@ python -m benchmarks.bench_grpc --model-dir DIR [--seconds S] [--levels 1,4,16,3
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import re
 import signal
@@ -116,6 +117,37 @@ def bare_echo_round_trip(reps: int) -> dict[str, float]:
         proc.wait()
 
 
+async def _echo_load(port: int, concurrency: int, seconds: float) -> float:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        echo = channel.unary_unary(echo_server.METHOD, None, None)
+        done, stop_at = 0, time.perf_counter() + seconds
+
+        async def client() -> None:
+            nonlocal done
+            while time.perf_counter() < stop_at:
+                await echo(b"x" * 100)
+                done += 1
+
+        await asyncio.gather(*(client() for _ in range(concurrency)))
+    return done / seconds
+
+
+def bare_echo_throughput(concurrency: int, seconds: float) -> float:
+    """Requests/s a grpc.aio echo server (no ctxembed code) answers to C concurrent clients of
+    the same kind as benchmarks.load: the gRPC stack's own ceiling on this machine."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "benchmarks.echo_server"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline().split()[1])
+        asyncio.run(_echo_load(port, concurrency, 0.5))  # warm-up
+        return asyncio.run(_echo_load(port, concurrency, seconds))
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def one_client(address: str, reps: int) -> dict[str, Any]:
     """Bank-sentence latency, and an empty RPC's (GetModelInfo): gRPC's own floor here."""
     bank = [TextInput(text=BANK, select_words=["bank"])]
@@ -171,6 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "in_process_bank": in_process_bank(args.model_dir, args.reps),
         "import_torch_transformers_s": import_torch_seconds(),
         "default": run_setting(args.model_dir, [], levels, args.seconds, args.reps),
+        "bare_echo_32_clients_per_s": bare_echo_throughput(32, args.seconds),
     }
     if args.compare_spinning:
         for flag in ("--spinning", "--no-spinning"):

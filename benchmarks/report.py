@@ -88,6 +88,7 @@ def markdown(result: dict[str, Any]) -> str:
             f"- server start to SERVING: {_f(g['startup_s'])} s; peak server RSS under load:"
             f" {_f(g['peak_rss_mb'], 0)} MB",
         ]
+        lines += _ceilings(model["grpc"], e)
         if "error" not in e:
             bank = e["bank"]
             lines += [
@@ -234,3 +235,16 @@ def _echo(one_client: dict[str, Any]) -> str:
     if not echo:
         return ""
     return f", a bare grpc.aio echo server with no ctxembed code {_f(echo['p50_ms'])} ms"
+
+
+def _ceilings(grpc: dict[str, Any], engine: dict[str, Any]) -> list[str]:
+    """What this machine allows at all: ONNX alone, gRPC alone."""
+    onnx = engine.get("onnx_ceiling_texts_per_s") or {}
+    echo = grpc.get("bare_echo_32_clients_per_s")
+    parts = []
+    if onnx:
+        sizes = ", ".join(f"{_f(v, 0)} at batch {k}" for k, v in onnx.items())
+        parts.append(f"ONNX runs alone with every core busy {sizes} texts/s")
+    if echo:
+        parts.append(f"a bare grpc.aio echo server {_f(echo, 0)} requests/s to 32 clients")
+    return [f"- ceilings on this machine: {'; '.join(parts)}"] if parts else []

@@ -215,6 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "default": bench_grpc.run_setting(
                 model.model_dir, [], mode.levels, mode.grpc_seconds, mode.reps * 3, mode.texts
             ),
+            "bare_echo_32_clients_per_s": bench_grpc.bare_echo_throughput(32, mode.grpc_seconds),
             "uvloop": bench_grpc.run_setting(
                 model.model_dir,
                 ["--event-loop", "uvloop"],

@@ -71,6 +71,7 @@ def _result() -> dict[str, Any]:
     one = {"p50_ms": 2.0, "empty_rpc": {"p50_ms": 0.5}, "bare_echo": {"p50_ms": 0.45}}
     grpc = {
         "in_process_bank": {"p50_ms": 1.5},
+        "bare_echo_32_clients_per_s": 4000.0,
         "default": {
             "one_client": one,
             "concurrency": _sweep((1, 200.0), (32, 600.0)),
@@ -140,6 +141,7 @@ def test_report_renders(tmp_path: Path) -> None:
             "parallel_runs": 2,
         },
         "peak_rss_mb": 200.0,
+        "onnx_ceiling_texts_per_s": {"1": 900.0, "8": 850.0},
         "after_idle_p50_ms": {"0": {"0": 0.8, "10": 5.2}, "3000": {"0": 0.8, "10": 1.9}},
     }
     md = markdown(result)
@@ -147,4 +149,8 @@ def test_report_renders(tmp_path: Path) -> None:
     assert "with `parallel_runs=2` (opt-in, a second session): 11000 words/s" in md
     assert "stop at once: 0.80 ms after 0 ms idle, 5.20 ms after 10 ms idle" in md
     assert "3 ms: 0.80 ms after 0 ms idle, 1.90 ms after 10 ms idle" in md
+    assert (
+        "ceilings on this machine: ONNX runs alone with every core busy 900 at batch 1,"
+        " 850 at batch 8 texts/s; a bare grpc.aio echo server 4000 requests/s to 32 clients"
+    ) in md
     assert plots(result, tmp_path, "quick")
