@@ -277,6 +277,23 @@ def test_calibrated_int8_batches_rows_exactly_as_alone(model_dir: Path, parallel
             np.testing.assert_array_equal(res.vectors, emb.embed([text])[0].vectors)
 
 
+@pytest.mark.parametrize("max_padding", [0.0, 0.1, 10.0])
+def test_runs_keep_padding_under_the_cap(model_dir: Path, max_padding: float) -> None:
+    texts = CORPUS.read_text(encoding="utf-8").splitlines()[300:340]
+    emb = WordEmbedder.load(model_dir, provider="cpu", max_padding=max_padding)
+    lengths = [emb.prepare([t]).texts[0].tokens.num_tokens + 2 for t in texts]
+    runs = emb._buckets(sorted(range(len(texts)), key=lengths.__getitem__), lengths)
+    assert sorted(r for run in runs for r in run) == list(range(len(texts)))
+    for run in runs:
+        real = sum(lengths[r] for r in run)
+        assert len(run) == 1 or len(run) * max(lengths[r] for r in run) <= (1 + max_padding) * real
+    if max_padding == 0.0:  # only equal lengths share a run
+        assert all(len({lengths[r] for r in run}) == 1 for run in runs)
+    batched = emb.embed(texts)  # the cap changes how rows share runs, never the vectors
+    for text, res in zip(texts[::8], batched[::8]):
+        np.testing.assert_array_equal(res.vectors, emb.embed([text])[0].vectors)
+
+
 @pytest.mark.gpu
 def test_cuda_fp16(model_dir: Path) -> None:
     import onnxruntime as ort

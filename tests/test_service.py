@@ -425,6 +425,7 @@ def test_cli_embed_and_info(fp32_server: ThreadServer, capsys: pytest.CaptureFix
         ("--spin-after-run-us", "-5", "argument --spin-after-run-us: must be at least 0, got -5"),
         ("--port", "70000", "argument --port: must be between 0 and 65535, got 70000"),
         ("--max-wait-ms", "-1", "argument --max-wait-ms: must be at least 0, got -1"),
+        ("--max-padding", "-0.5", "argument --max-padding: must be at least 0, got -0.5"),
         ("--threads", "two", "argument --threads: expected an integer, got 'two'"),
     ],
 )

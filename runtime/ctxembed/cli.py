@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ctxembed.runtime.errors import CtxembedError
-from ctxembed.runtime.types import DEFAULT_SPIN_AFTER_RUN_US, Limits
+from ctxembed.runtime.types import DEFAULT_MAX_PADDING, DEFAULT_SPIN_AFTER_RUN_US, Limits
 
 SERVE_SPINNING = True  # measured by `make bench` (spinning on/off); see README
 EXPORT_EXTRA_HINT = "pip install torch==2.13.0 'ctxembed[export]'"
@@ -204,6 +204,12 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="padded tokens per ONNX run (default 256: fastest measured)",
     )
     p.add_argument(
+        "--max-padding",
+        type=_at_least(0, integer=False),
+        default=DEFAULT_MAX_PADDING,
+        help="padding per ONNX run, as a fraction of its real tokens (default 0.1)",
+    )
+    p.add_argument(
         "--batch-int8-rows",
         action="store_true",
         help="batch the rows of an int8 variant with dynamic activation scales"
@@ -265,6 +271,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         stride=args.stride,
         max_batch_tokens=args.max_batch_tokens,
         run_batch_tokens=args.run_batch_tokens,
+        max_padding=args.max_padding,
         isolate_rows=False if args.batch_int8_rows else None,
         max_wait_ms=args.max_wait_ms,
         max_queue=args.max_queue,

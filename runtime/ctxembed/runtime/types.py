@@ -16,6 +16,8 @@ LAYER_COMBINES: tuple[str, ...] = ("mean", "concat")
 DTYPES: tuple[str, ...] = ("float32", "float16")
 # How long ONNX Runtime's idle threads spin after a run (see session.SessionConfig).
 DEFAULT_SPIN_AFTER_RUN_US = 3000
+# Padding allowed in one ONNX run, as a fraction of its real tokens (see WordEmbedder._buckets).
+DEFAULT_MAX_PADDING = 0.1
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ctxembed.runtime import CtxembedError, Limits, WordEmbedder
 from ctxembed.runtime.session import physical_cores
-from ctxembed.runtime.types import DEFAULT_SPIN_AFTER_RUN_US
+from ctxembed.runtime.types import DEFAULT_MAX_PADDING, DEFAULT_SPIN_AFTER_RUN_US
 from ctxembed.service.batcher import MicroBatcher
 from ctxembed.service.event_loop import running_loop_name
 from ctxembed.service.servicer import WordEmbedderServicer
@@ -49,6 +49,7 @@ class ServerSettings:
     stride: int | None = None
     max_batch_tokens: int = 8192  # micro-batch flush budget (requests gathered per batch)
     run_batch_tokens: int = 256  # padded tokens per ONNX run inside a micro-batch
+    max_padding: float = DEFAULT_MAX_PADDING  # per run, as a fraction of its real tokens
     isolate_rows: bool | None = None  # None: on for dynamic int8 (see WordEmbedder.load)
     max_wait_ms: float = 2.0
     max_queue: int = 256
@@ -105,6 +106,7 @@ async def start_server(
             stride=settings.stride,
             limits=settings.limits,
             run_batch_tokens=settings.run_batch_tokens,
+            max_padding=settings.max_padding,
             isolate_rows=settings.isolate_rows,
         )
     batcher = MicroBatcher(
