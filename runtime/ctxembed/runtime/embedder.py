@@ -116,7 +116,7 @@ class WordEmbedder:
         (default: on for int8 with dynamic activation scales) runs every window alone so that
         results never depend on batch neighbours.
         ``parallel_runs`` > 1 (CPU only) runs a call's rows that many at a time, one thread
-        each, on a second session (~60 MB; pays for rows run alone, see ``ModelSession``).
+        each, on a second session (+54% bulk words/s here, ~60 MB; see ``ModelSession``).
         """
         path = Path(model_dir)
         manifest = load_manifest(path)
