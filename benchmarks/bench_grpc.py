@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,20 +102,25 @@ def stage_split(stats: dict[str, Any]) -> dict[str, float]:
     return {name: 1000 * float(stats.get(f"{key}_s", 0.0)) / n for name, key in names.items()}
 
 
-def bare_echo_round_trip(reps: int) -> dict[str, float]:
-    """p50 of one call to a grpc.aio echo server with no ctxembed code (benchmarks.echo_server)."""
+@contextlib.contextmanager
+def _echo_server() -> Iterator[int]:
+    """benchmarks.echo_server in a subprocess; yields its port."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "benchmarks.echo_server"], stdout=subprocess.PIPE, text=True
     )
     try:
         assert proc.stdout is not None
-        port = int(proc.stdout.readline().split()[1])
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-            echo = channel.unary_unary(echo_server.METHOD, None, None)
-            return percentiles(time_calls(lambda: echo(b""), reps, warmup=50))
+        yield int(proc.stdout.readline().split()[1])
     finally:
         proc.kill()
         proc.wait()
+
+
+def bare_echo_round_trip(reps: int) -> dict[str, float]:
+    """p50 of one call to a grpc.aio echo server with no ctxembed code (benchmarks.echo_server)."""
+    with _echo_server() as port, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        echo = channel.unary_unary(echo_server.METHOD, None, None)
+        return percentiles(time_calls(lambda: echo(b""), reps, warmup=50))
 
 
 async def _echo_load(port: int, concurrency: int, seconds: float) -> float:
@@ -135,17 +141,9 @@ async def _echo_load(port: int, concurrency: int, seconds: float) -> float:
 def bare_echo_throughput(concurrency: int, seconds: float) -> float:
     """Requests/s a grpc.aio echo server (no ctxembed code) answers to C concurrent clients of
     the same kind as benchmarks.load: the gRPC stack's own ceiling on this machine."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.echo_server"], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        port = int(proc.stdout.readline().split()[1])
+    with _echo_server() as port:
         asyncio.run(_echo_load(port, concurrency, 0.5))  # warm-up
         return asyncio.run(_echo_load(port, concurrency, seconds))
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 def one_client(address: str, reps: int) -> dict[str, Any]:

@@ -148,6 +148,8 @@ def _at_least(
 
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from ctxembed.service.event_loop import EVENT_LOOPS
+
     d = Limits()
     p = sub.add_parser("serve", help="serve a model folder over gRPC")
     p.add_argument("--model-dir", type=Path, required=True, help="folder from `ctxembed export`")
@@ -236,8 +238,8 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument(
         "--event-loop",
-        choices=("asyncio", "uvloop"),
-        default="asyncio",
+        choices=EVENT_LOOPS,
+        default=EVENT_LOOPS[0],
         help="event loop: the standard one (default) or uvloop (pip install 'ctxembed[uvloop]')",
     )
     p.add_argument("--max-inputs", type=_at_least(1), default=d.max_inputs_per_request)
