@@ -19,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.engines import BANK, BATCH, load_corpus
+from benchmarks.corpus import load_corpus
+from benchmarks.engines import BANK, BATCH
 from benchmarks.stats import percentiles, ratio
 from ctxembed.runtime import TextInput, WordEmbedder
 from ctxembed.runtime.session import physical_cores

@@ -16,22 +16,16 @@ import json
 import sys
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from benchmarks.corpus import load_corpus
 from benchmarks.stats import percentiles
 
 BANK = "I live near the bank of America"
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "sentences-5k.txt"
 BATCH = 32
 THREADS = 2
-
-
-def load_corpus(limit: int | None) -> list[str]:
-    lines = [ln.strip() for ln in CORPUS.read_text(encoding="utf-8").splitlines() if ln.strip()]
-    return lines[:limit] if limit else lines
 
 
 def time_calls(fn: Callable[[], object], reps: int, warmup: int = 10) -> list[float]:

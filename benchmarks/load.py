@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import grpc
 
-from benchmarks.engines import load_corpus
+from benchmarks.corpus import load_corpus
 from benchmarks.stats import percentiles
 from ctxembed.client import CHANNEL_OPTIONS
 from ctxembed.v1 import embedder_pb2 as pb

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus" / "sentences-5k.txt"
-
 # Blocks the heavy packages the way a runtime-only install lacks them.
 BLOCK_HEAVY = """
 import importlib.abc, sys

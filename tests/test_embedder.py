@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import CORPUS
 
+from benchmarks.corpus import load_corpus
 from ctxembed.runtime import (
     CharSpan,
     InvalidInput,
@@ -247,7 +247,7 @@ def test_spin_after_run_reaches_the_session(
 
 @pytest.mark.parametrize("variant", ["int8", "fp32"])
 def test_parallel_runs_give_identical_vectors(model_dir: Path, variant: str) -> None:
-    texts = [*CORPUS.read_text(encoding="utf-8").splitlines()[:40], "bank " * 700]
+    texts = [*load_corpus(40), "bank " * 700]
     one = WordEmbedder.load(model_dir, provider="cpu", variant=variant, parallel_runs=1)
     two = WordEmbedder.load(model_dir, provider="cpu", variant=variant, parallel_runs=2)
     assert one.session.parallel_runs == 1 and two.session.parallel_runs == 2
@@ -265,7 +265,7 @@ def test_parallel_runs_give_identical_vectors(model_dir: Path, variant: str) -> 
 @pytest.mark.parametrize("parallel_runs", [1, 2])
 def test_calibrated_int8_batches_rows_exactly_as_alone(model_dir: Path, parallel_runs: int) -> None:
     # Fixed activation ranges: a padded batch gives each row exactly what it gets alone.
-    texts = CORPUS.read_text(encoding="utf-8").splitlines()[200:232]
+    texts = load_corpus(32, start=200)
     with WordEmbedder.load(model_dir, provider="cpu", parallel_runs=parallel_runs) as emb:
         assert (emb.session.variant.quantization or {})["activations"] == "calibrated"
         assert not emb.session.variant.dynamic_activation_scales and not emb.isolate_rows
@@ -279,7 +279,7 @@ def test_calibrated_int8_batches_rows_exactly_as_alone(model_dir: Path, parallel
 
 @pytest.mark.parametrize("max_padding", [0.0, 0.1, 10.0])
 def test_runs_keep_padding_under_the_cap(model_dir: Path, max_padding: float) -> None:
-    texts = CORPUS.read_text(encoding="utf-8").splitlines()[300:340]
+    texts = load_corpus(40, start=300)
     emb = WordEmbedder.load(model_dir, provider="cpu", max_padding=max_padding)
     lengths = [emb.prepare([t]).texts[0].tokens.num_tokens + 2 for t in texts]
     runs = emb._buckets(sorted(range(len(texts)), key=lengths.__getitem__), lengths)

@@ -13,8 +13,8 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from helpers import CORPUS
 
+from benchmarks.corpus import load_corpus
 from benchmarks.harness import ProcessServer, ThreadServer
 from ctxembed.client import CHANNEL_OPTIONS, Client, WordNotFound
 from ctxembed.runtime import CharSpan, InvalidInput, TextInput, WordEmbedder
@@ -168,7 +168,7 @@ def test_client_raises_invalid_input(fp32_server: ThreadServer) -> None:
 def test_concurrent_clients_get_the_same_vectors(
     fp32_server: ThreadServer, fp32_embedder: WordEmbedder
 ) -> None:
-    texts = CORPUS.read_text(encoding="utf-8").splitlines()[:64]
+    texts = load_corpus(64)
     alone = [fp32_embedder.embed([t])[0] for t in texts]
     before = fp32_server.running.batcher.stats.batches
 
@@ -196,7 +196,7 @@ def test_int8_results_do_not_depend_on_batch(
     assert not embedder.isolate_rows and int8_server.running.batcher.max_inflight == 2
     stats = int8_server.running.batcher.stats
     before = stats.batches
-    texts = CORPUS.read_text(encoding="utf-8").splitlines()[100:164]
+    texts = load_corpus(64, start=100)
     with ThreadPoolExecutor(16) as pool, Client(int8_server.address) as client:
         remote = list(pool.map(lambda t: client.embed([t])[0], texts))
     for text, res in zip(texts, remote):
