@@ -1,4 +1,4 @@
-"""The corpus shared by benchmarks and tests: `benchmarks/data/sentences-5k.txt` (see its README)."""
+"""The corpus that benchmarks and tests share: benchmarks/data/sentences-5k.txt (see its README)."""
 
 from __future__ import annotations
 
