@@ -24,7 +24,7 @@ from benchmarks.engines import BANK, BATCH
 from benchmarks.stats import percentiles, ratio
 from ctxembed.runtime import TextInput, WordEmbedder
 from ctxembed.runtime.session import physical_cores
-from ctxembed.runtime.types import DEFAULT_SPIN_AFTER_RUN_US
+from ctxembed.runtime.settings import EngineSettings
 
 
 def peak_rss_mb() -> float:
@@ -186,7 +186,7 @@ def after_idle(
     inputs = [TextInput(text=BANK, select_words=["bank"])]
     embedders = {
         spin: WordEmbedder.load(model_dir, provider="cpu", variant=variant, spin_after_run_us=spin)
-        for spin in (0, DEFAULT_SPIN_AFTER_RUN_US)
+        for spin in (0, EngineSettings.spin_after_run_us)
     }
     times: dict[tuple[int, float], list[float]] = {}
     for gap in gaps_ms:

@@ -17,22 +17,28 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ctxembed.runtime import WordEmbedder
-from ctxembed.service.server import RunningServer, ServerSettings, start_server
+from ctxembed.runtime.stages import WordEmbeddingModel
+from ctxembed.service.server import RunningServer, start_server
+from ctxembed.service.settings import ServerSettings
 
 T = TypeVar("T")
 READY = re.compile(r"serving .* on (\S+):(\d+), ready in ([0-9.]+) s")
 
 
 class ThreadServer:
-    """A server on an ephemeral port, on its own event loop in a daemon thread."""
+    """A server for ``model`` on an ephemeral port, on its own event loop in a daemon thread;
+    ``overrides`` replace fields of ``ServerSettings``."""
 
-    def __init__(self, embedder: WordEmbedder, **overrides: Any) -> None:
-        settings = replace(ServerSettings(model_dir=embedder.model_dir, port=0), **overrides)
+    def __init__(self, model: WordEmbeddingModel, **overrides: Any) -> None:
+        settings = replace(ServerSettings(port=0), **overrides)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._thread.start()
-        self.running: RunningServer = self.call(start_server(settings, embedder))
+        try:
+            self.running: RunningServer = self.call(start_server(settings, model))
+        except BaseException:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            raise
         self.address = self.running.address
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float = 60) -> T:

@@ -12,6 +12,7 @@ import pytest
 from benchmarks.corpus import load_corpus
 from ctxembed.runtime import (
     CharSpan,
+    EngineSettings,
     InvalidInput,
     Limits,
     ModelLoadError,
@@ -107,9 +108,7 @@ def test_long_text_windows(fp32_embedder: WordEmbedder) -> None:
         fp32_embedder.manifest,
         fp32_embedder.session,
         fp32_embedder.tokenizer,
-        Limits(),
-        None,
-        run_batch_tokens=1,
+        EngineSettings(run_batch_tokens=1),
     )
     [again] = small.embed([text])
     np.testing.assert_allclose(again.vectors, res.vectors, rtol=1e-5, atol=1e-5)
@@ -146,7 +145,11 @@ def test_stride_controls_window_count(model_dir: Path) -> None:
         (["ok"], {"layers": [-1, -8]}, "layers[1]"),
         (["ok"], {"layer_combine": "sum"}, "layer_combine"),
         (["ok"], {"layers": ["last"]}, "layers[0]"),
-        (["ok"], {"layers": [[1]]}, "layers"),
+        (["ok"], {"layers": [[1]]}, "layers[0]"),
+        (["ok"], {"layers": "-1"}, "layers"),
+        (["ok"], {"layers": [-1.0]}, "layers[0]"),
+        (["ok"], {"layers": [True]}, "layers[0]"),
+        (["ok"], {"normalize": "yes"}, "normalize"),
         (["ok"], {"pooling": ["mean"]}, "pooling"),
         (["ok"], {"dtype": "int8"}, "dtype"),
         ([["fine", "\u200b"]], {}, "inputs[0].words[1]"),
@@ -209,18 +212,31 @@ def test_load_errors(model_dir: Path, tmp_path: Path) -> None:
 
 
 def test_cuda_missing_is_an_error_auto_falls_back(
-    model_dir: Path, caplog: pytest.LogCaptureFixture
+    model_dir: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import onnxruntime as ort
+
+    from ctxembed.runtime import session
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this machine has CUDA")
     with pytest.raises(ProviderUnavailable, match="onnxruntime-gpu"):
         WordEmbedder.load(model_dir, provider="cuda")
-    with caplog.at_level("WARNING", logger="ctxembed"):
+    with caplog.at_level("INFO", logger="ctxembed"):
         emb = WordEmbedder.load(model_dir, provider="auto")
     assert emb.session.provider == "CPUExecutionProvider"
-    assert [r.message for r in caplog.records] == ["CUDA is not available; running on CPU"]
+    # on a machine without CUDA, the CPU is the normal choice: said at INFO, not WARNING
+    assert [(r.levelname, r.message) for r in caplog.records] == [
+        ("INFO", "no CUDA provider in this onnxruntime; running on the CPU")
+    ]
+    caplog.clear()
+    monkeypatch.setattr(session, "installed_runtimes", lambda: ["onnxruntime", "onnxruntime-gpu"])
+    with caplog.at_level("WARNING", logger="ctxembed"):
+        WordEmbedder.load(model_dir, provider="auto")
+        WordEmbedder.load(model_dir, provider="cpu")  # nothing asked of CUDA: no warning
+    [warning] = caplog.records
+    assert "onnxruntime and onnxruntime-gpu are both installed" in warning.message
+    assert "\n" not in warning.message
 
 
 @pytest.mark.parametrize(

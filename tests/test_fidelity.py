@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ctxembed.runtime import TextInput, WordEmbedder
+from ctxembed.runtime.types import LayerCombine
 
 TEXTS = [
     "I live near the bank of America",
@@ -65,7 +66,10 @@ def test_int8_close_to_pytorch(embedder: WordEmbedder, reference: tuple[Any, Any
 
 @pytest.mark.parametrize(("layers", "combine"), [([-1, -2], "mean"), ([0, 3, 6], "concat")])
 def test_layer_combination_matches_reference(
-    fp32_embedder: WordEmbedder, reference: tuple[Any, Any], layers: list[int], combine: str
+    fp32_embedder: WordEmbedder,
+    reference: tuple[Any, Any],
+    layers: list[int],
+    combine: LayerCombine,
 ) -> None:
     abs_layers = [i % 7 for i in layers]
     for text in TEXTS[:3]:

@@ -13,47 +13,61 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ctxembed.runtime.errors import CtxembedError
-from ctxembed.runtime.types import DEFAULT_MAX_PADDING, DEFAULT_SPIN_AFTER_RUN_US, Limits
+from ctxembed.runtime.settings import EngineSettings
+from ctxembed.runtime.types import POOLINGS, PROVIDERS, EmbedOptions, Limits, TextInput
 
-SERVE_SPINNING = True  # measured by `make bench` (spinning on/off); see README
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 EXPORT_EXTRA_HINT = "pip install torch==2.13.0 'ctxembed[export]'"
 
 
 def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    # Light imports (the heavy ones happen inside the export's functions): defaults and
+    # choices are defined once, in ExportOptions and the validation thresholds.
+    from ctxembed.export.pipeline import (
+        INT8_ACTIVATIONS,
+        LAYER_OUTPUTS,
+        QUANT_PRESETS,
+        QUANTIZE,
+        TARGETS,
+        ExportOptions,
+    )
+    from ctxembed.export.validate import DEFAULT_THRESHOLDS
+
+    d, t = ExportOptions(), DEFAULT_THRESHOLDS
     p = sub.add_parser(
         "export", help="convert a BERT-family model to a validated ONNX model folder"
     )
     p.add_argument(
         "--model",
-        default="embedded:all-MiniLM-L6-v2",
+        default=d.model,
         help="Hugging Face id or local folder (default: the embedded all-MiniLM-L6-v2)",
     )
     p.add_argument("--out", type=Path, default=None, help="output folder (default: models/<name>)")
-    p.add_argument("--target", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--target", choices=TARGETS, default=d.target)
     p.add_argument(
         "--quantize",
-        choices=("int8", "none"),
-        default="int8",
-        help="int8 variant for --target cpu (default: int8)",
+        choices=QUANTIZE,
+        default=d.quantize,
+        help="int8 variant for --target cpu (default: %(default)s)",
     )
     p.add_argument(
         "--layers",
-        choices=("last", "all"),
-        default="last",
+        choices=LAYER_OUTPUTS,
+        default=d.layers,
         help="graph outputs: the last hidden state, or every hidden state",
     )
     p.add_argument("--force", action="store_true", help="replace an existing output folder")
     p.add_argument(
         "--quant-preset",
-        default="auto",
-        choices=("auto", "avx2", "avx512", "avx512_vnni", "arm64"),
+        default=d.quant_preset,
+        choices=QUANT_PRESETS,
         help="optimum quantization preset (default: detected from this CPU)",
     )
     p.add_argument("--no-per-channel", action="store_true", help="per-tensor int8 weight scales")
     p.add_argument(
         "--int8-activations",
-        choices=("calibrated", "dynamic"),
-        default="calibrated",
+        choices=INT8_ACTIVATIONS,
+        default=d.int8_activations,
         help="int8 activation ranges: fixed from calibration texts, so batched rows get the"
         " vectors they get alone (default), or computed per run over the batch",
     )
@@ -61,26 +75,26 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument(
         "--fp32-min-cosine",
         type=float,
-        default=0.9999,
-        help="fp32: minimum per-token and per-word cosine vs PyTorch (default 0.9999)",
+        default=t["fp32"].word_min,
+        help="fp32: minimum per-token and per-word cosine vs PyTorch (default %(default)s)",
     )
     p.add_argument(
         "--int8-word-mean",
         type=float,
-        default=0.985,
-        help="int8: minimum mean per-word cosine (default 0.985)",
+        default=t["int8"].word_mean,
+        help="int8: minimum mean per-word cosine (default %(default)s)",
     )
     p.add_argument(
         "--int8-word-min",
         type=float,
-        default=0.95,
-        help="int8: minimum per-word cosine (default 0.95)",
+        default=t["int8"].word_min,
+        help="int8: minimum per-word cosine (default %(default)s)",
     )
     p.add_argument(
         "--fp16-word-min",
         type=float,
-        default=0.99,
-        help="fp16: minimum per-word cosine (default 0.99)",
+        default=t["fp16"].word_min,
+        help="fp16: minimum per-word cosine (default %(default)s)",
     )
 
 
@@ -102,13 +116,15 @@ def _run_export(args: argparse.Namespace) -> int:
         return 2
     from ctxembed.export import ExportOptions, export_model
     from ctxembed.export.report import summary
-    from ctxembed.export.validate import Thresholds
+    from ctxembed.export.validate import DEFAULT_THRESHOLDS, Thresholds
 
-    f = args.fp32_min_cosine
+    f, fp16_mean = args.fp32_min_cosine, DEFAULT_THRESHOLDS["fp16"].word_mean
     thresholds = {
         "fp32": Thresholds(token_min=f, word_mean=f, word_min=f),
         "int8": Thresholds(word_mean=args.int8_word_mean, word_min=args.int8_word_min),
-        "fp16": Thresholds(word_mean=max(args.fp16_word_min, 0.999), word_min=args.fp16_word_min),
+        "fp16": Thresholds(
+            word_mean=max(args.fp16_word_min, fp16_mean), word_min=args.fp16_word_min
+        ),
     }
     opts = ExportOptions(
         model=args.model,
@@ -149,67 +165,72 @@ def _at_least(
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     from ctxembed.service.event_loop import EVENT_LOOPS
+    from ctxembed.service.settings import BatcherSettings, ServerSettings
 
-    d = Limits()
+    # Defaults come from the settings dataclasses: each is defined once, there.
+    d, e, b, lim = ServerSettings(), EngineSettings(), BatcherSettings(), Limits()
     p = sub.add_parser("serve", help="serve a model folder over gRPC")
     p.add_argument("--model-dir", type=Path, required=True, help="folder from `ctxembed export`")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--host", default=d.host, help="bind address (default %(default)s)")
     p.add_argument(
         "--port",
         type=_at_least(0, 65535),
-        default=50051,
-        help="port; 0 picks a free one (default 50051)",
+        default=d.port,
+        help="port; 0 picks a free one (default %(default)s)",
     )
-    p.add_argument("--provider", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--provider", choices=PROVIDERS, default=e.provider)
     p.add_argument(
-        "--variant", default=None, help="model variant (default: int8 on CPU, fp16 on CUDA)"
+        "--variant", default=e.variant, help="model variant (default: int8 on CPU, fp16 on CUDA)"
     )
     p.add_argument(
         "--threads",
         type=_at_least(1),
-        default=None,
-        help="ONNX Runtime threads (default: cores)",
+        default=e.threads,
+        help="ONNX Runtime threads (default: physical cores)",
     )
     p.add_argument(
         "--spinning",
         action=argparse.BooleanOptionalAction,
-        default=SERVE_SPINNING,
+        default=e.spinning,
         help="let idle ONNX Runtime threads spin (inside runs, and briefly after)",
     )
     p.add_argument(
         "--spin-after-run-us",
         type=_at_least(0),
-        default=DEFAULT_SPIN_AFTER_RUN_US,
+        default=e.spin_after_run_us,
         help="microseconds threads keep spinning after a run, so that a request arriving"
         " soon finds them awake (0: stop at once); default %(default)s",
     )
     p.add_argument(
         "--parallel-runs",
         type=_at_least(1),
-        default=None,
+        default=d.engine.parallel_runs,
         help="ONNX runs in flight at once when a batch has several rows, one thread each"
-        " (default: physical cores; 1 saves the second session's memory, ~60 MB for MiniLM)",
+        " (default: physical cores; 1 saves the second session's memory)",
     )
     p.add_argument(
         "--stride",
         type=_at_least(1),
-        default=None,
-        help="window stride for long texts (tokens)",
+        default=e.stride,
+        help="window stride for long texts, in tokens (default: half a window)",
     )
     p.add_argument(
-        "--max-batch-tokens", type=_at_least(1), default=8192, help="micro-batch token budget"
+        "--max-batch-tokens",
+        type=_at_least(1),
+        default=b.max_batch_tokens,
+        help="micro-batch token budget (default %(default)s)",
     )
     p.add_argument(
         "--run-batch-tokens",
         type=_at_least(1),
-        default=256,
-        help="padded tokens per ONNX run (default 256: fastest measured)",
+        default=e.run_batch_tokens,
+        help="padded tokens per ONNX run (default %(default)s)",
     )
     p.add_argument(
         "--max-padding",
         type=_at_least(0, integer=False),
-        default=DEFAULT_MAX_PADDING,
-        help="padding per ONNX run, as a fraction of its real tokens (default 0.1)",
+        default=e.max_padding,
+        help="padding per ONNX run, as a fraction of its real tokens (default %(default)s)",
     )
     p.add_argument(
         "--batch-int8-rows",
@@ -221,20 +242,20 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--max-wait-ms",
         type=_at_least(0, integer=False),
-        default=2.0,
-        help="micro-batch maximum wait",
+        default=b.max_wait_ms,
+        help="micro-batch maximum wait (default %(default)s)",
     )
     p.add_argument(
         "--max-queue",
         type=_at_least(1),
-        default=256,
-        help="queued requests before RESOURCE_EXHAUSTED",
+        default=b.max_queue,
+        help="queued requests before RESOURCE_EXHAUSTED (default %(default)s)",
     )
     p.add_argument(
         "--grace",
         type=_at_least(0, integer=False),
-        default=10.0,
-        help="seconds to finish in-flight requests",
+        default=d.grace_s,
+        help="seconds to finish in-flight requests on SIGTERM (default %(default)s)",
     )
     p.add_argument(
         "--event-loop",
@@ -242,48 +263,51 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=EVENT_LOOPS[0],
         help="event loop: the standard one (default) or uvloop (pip install 'ctxembed[uvloop]')",
     )
-    p.add_argument("--max-inputs", type=_at_least(1), default=d.max_inputs_per_request)
-    p.add_argument("--max-chars", type=_at_least(1), default=d.max_chars_per_text)
-    p.add_argument("--max-words", type=_at_least(1), default=d.max_words_per_text)
-    p.add_argument("--max-spans", type=_at_least(1), default=d.max_spans_per_text)
+    p.add_argument("--max-inputs", type=_at_least(1), default=lim.max_inputs_per_request)
+    p.add_argument("--max-chars", type=_at_least(1), default=lim.max_chars_per_text)
+    p.add_argument("--max-words", type=_at_least(1), default=lim.max_words_per_text)
+    p.add_argument("--max-spans", type=_at_least(1), default=lim.max_spans_per_text)
     p.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate (with --tls-key)")
-    p.add_argument("--tls-key", type=Path, default=None, help="PEM private key")
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument("--tls-key", type=Path, default=None, help="PEM private key (with --tls-cert)")
+    p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
     import logging
 
     from ctxembed.service import event_loop
-    from ctxembed.service.server import ServerSettings, serve
+    from ctxembed.service.server import serve
+    from ctxembed.service.settings import BatcherSettings, ServerSettings
 
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s"
-    )
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
     settings = ServerSettings(
         model_dir=args.model_dir,
         host=args.host,
         port=args.port,
-        provider=args.provider,
-        variant=args.variant,
-        threads=args.threads,
-        spinning=args.spinning,
-        spin_after_run_us=args.spin_after_run_us,
-        parallel_runs=args.parallel_runs,
-        stride=args.stride,
-        max_batch_tokens=args.max_batch_tokens,
-        run_batch_tokens=args.run_batch_tokens,
-        max_padding=args.max_padding,
-        isolate_rows=False if args.batch_int8_rows else None,
-        max_wait_ms=args.max_wait_ms,
-        max_queue=args.max_queue,
-        grace_s=args.grace,
-        limits=Limits(
-            max_inputs_per_request=args.max_inputs,
-            max_chars_per_text=args.max_chars,
-            max_words_per_text=args.max_words,
-            max_spans_per_text=args.max_spans,
+        engine=EngineSettings(
+            provider=args.provider,
+            variant=args.variant,
+            threads=args.threads,
+            spinning=args.spinning,
+            spin_after_run_us=args.spin_after_run_us,
+            parallel_runs=args.parallel_runs,
+            stride=args.stride,
+            run_batch_tokens=args.run_batch_tokens,
+            max_padding=args.max_padding,
+            isolate_rows=False if args.batch_int8_rows else None,
+            limits=Limits(
+                max_inputs_per_request=args.max_inputs,
+                max_chars_per_text=args.max_chars,
+                max_words_per_text=args.max_words,
+                max_spans_per_text=args.max_spans,
+            ),
         ),
+        batcher=BatcherSettings(
+            max_batch_tokens=args.max_batch_tokens,
+            max_wait_ms=args.max_wait_ms,
+            max_queue=args.max_queue,
+        ),
+        grace_s=args.grace,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
     )
@@ -294,15 +318,25 @@ def _run_serve(args: argparse.Namespace) -> int:
         return 2
 
 
+def _layers(text: str) -> list[int]:
+    """An argparse type: comma-separated layer indices."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers such as -1 or 0,-1, got {text!r}"
+        ) from None
+
+
 def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("embed", help="embed a text through a running server")
     p.add_argument("text")
     p.add_argument("--word", default=None, help="only this word (every occurrence)")
     p.add_argument("--server", default="127.0.0.1:50051")
+    p.add_argument("--pooling", default=EmbedOptions.pooling, choices=POOLINGS)
     p.add_argument(
-        "--pooling", default="mean", choices=("mean", "first", "last", "first_last", "max")
+        "--layers", type=_layers, default=[-1], help="comma-separated layers (default -1)"
     )
-    p.add_argument("--layers", default="-1", help="comma-separated layers (default -1)")
     p.add_argument("--normalize", action="store_true")
     p.add_argument("--json", action="store_true", help="print JSON with the full vectors")
     p.add_argument("--timeout", type=float, default=30.0)
@@ -318,14 +352,12 @@ def _run_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ctxembed.client import Client
-    from ctxembed.runtime import TextInput
 
-    layers = [int(x) for x in args.layers.split(",") if x.strip()]
     inp = TextInput(text=args.text, select_words=[args.word] if args.word else [])
     try:
         with Client(args.server, timeout=args.timeout) as client:
             [res] = client.embed(
-                [inp], pooling=args.pooling, layers=layers, normalize=args.normalize
+                [inp], pooling=args.pooling, layers=args.layers, normalize=args.normalize
             )
     except grpc.RpcError as error:
         print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
@@ -360,8 +392,10 @@ def _run_embed(args: argparse.Namespace) -> int:
 
 
 def _run_info(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
     import grpc
-    from google.protobuf import json_format
 
     from ctxembed.client import Client
 
@@ -371,7 +405,7 @@ def _run_info(args: argparse.Namespace) -> int:
     except grpc.RpcError as error:
         print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
         return 1
-    print(json_format.MessageToJson(info, always_print_fields_with_no_presence=True))
+    print(json.dumps(dataclasses.asdict(info), indent=2))
     return 0
 
 
@@ -385,11 +419,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     handlers = {"export": _run_export, "serve": _run_serve, "embed": _run_embed, "info": _run_info}
+    if args.command == "serve" and (args.tls_cert is None) != (args.tls_key is None):
+        parser.error("--tls-cert and --tls-key go together: give both, or neither for plaintext")
     try:
         return handlers[args.command](args)
-    except CtxembedError as exc:
+    except (CtxembedError, OSError) as exc:  # expected failures: one line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

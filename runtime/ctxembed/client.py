@@ -3,6 +3,8 @@
 with Client("127.0.0.1:50051") as client:
     [res] = client.embed(["I live near the bank of America"])
     bank = client.embed_word("I sat by the river bank", "bank")
+
+Thin: importing it loads grpc, protobuf and numpy, never onnxruntime or tokenizers (tested).
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ import grpc
 import numpy as np
 
 from ctxembed.runtime.errors import CtxembedError, InvalidInput
-from ctxembed.runtime.types import InputLike, TextInput, WordEmbeddings
-from ctxembed.service.convert import request_from_call, results_from_response
+from ctxembed.runtime.types import InputLike, ModelInfo, TextInput, WordEmbeddings
+from ctxembed.service.convert import info_from_pb, request_from_call, results_from_response
 from ctxembed.service.status import field_violations
 from ctxembed.v1 import embedder_pb2 as pb
 from ctxembed.v1 import embedder_pb2_grpc as pb_grpc
@@ -105,8 +107,9 @@ class Client:
             _raise_typed(error)
             raise
 
-    def info(self) -> pb.ModelInfo:
-        return self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout)
+    def info(self) -> ModelInfo:
+        """What the server serves: model, dimension, layers, limits, versions."""
+        return info_from_pb(self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout))
 
 
 class AsyncClient:
@@ -158,5 +161,6 @@ class AsyncClient:
             _raise_typed(error)
             raise
 
-    async def info(self) -> pb.ModelInfo:
-        return await self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout)
+    async def info(self) -> ModelInfo:
+        message = await self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout)
+        return info_from_pb(message)

@@ -1,4 +1,4 @@
-"""Step 1: export the PyTorch model to ONNX through optimum (transformers library mode)."""
+"""Step 2: export the PyTorch model to ONNX through optimum (transformers library mode)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Step 2: ONNX Runtime transformer fusions, then int8 (CPU) or fp16 (CUDA)."""
+"""Steps 3 and 5: ONNX Runtime transformer fusions, then int8 (CPU) or fp16 (CUDA)."""
 
 from __future__ import annotations
 

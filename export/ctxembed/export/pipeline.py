@@ -1,19 +1,26 @@
-"""The export pipeline: source → ONNX → fusions → int8/fp16 → tokenizer → validation → folder.
+"""The export pipeline, in the six steps the command prints:
 
-Everything is written into a temporary sibling of the output folder and renamed into place only
-when every variant has passed validation, so a failed export leaves nothing behind.
+1. resolve the source (``source.py``)         4. write the tokenizer (``tokenizer_files.py``)
+2. export to ONNX (``onnx_graph.py``)           5. int8 for CPU or fp16 for CUDA (``optimize.py``,
+3. transformer fusions (``optimize.py``)           ``calibrate.py``)
+                                                6. validate against PyTorch (``validate.py``)
+
+The output folder is checked before any work. Everything is written into a temporary sibling of
+it and renamed into place only when every variant has passed validation, so a failed export
+leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from ctxembed.export.calibrate import calibration_feeds, freeze_activation_ranges
 from ctxembed.export.errors import ExportError
@@ -31,7 +38,17 @@ from ctxembed.export.validate import (
 )
 from ctxembed.runtime.manifest import MANIFEST_NAME, Manifest, Variant
 
-INT8_ACTIVATIONS = ("calibrated", "dynamic")
+Target = Literal["cpu", "cuda"]
+Quantize = Literal["int8", "none"]
+LayerOutputs = Literal["last", "all"]
+QuantPreset = Literal["auto", "avx2", "avx512", "avx512_vnni", "arm64"]
+# calibrated: fixed activation ranges (batchable, see calibrate.py) | dynamic: per run
+Int8Activations = Literal["calibrated", "dynamic"]
+TARGETS: tuple[Target, ...] = get_args(Target)
+QUANTIZE: tuple[Quantize, ...] = get_args(Quantize)
+LAYER_OUTPUTS: tuple[LayerOutputs, ...] = get_args(LayerOutputs)
+QUANT_PRESETS: tuple[QuantPreset, ...] = get_args(QuantPreset)
+INT8_ACTIVATIONS: tuple[Int8Activations, ...] = get_args(Int8Activations)
 TOOLS = (
     "ctxembed",
     "optimum",
@@ -46,16 +63,17 @@ TOOLS = (
 
 @dataclass(frozen=True)
 class ExportOptions:
+    """Every option of ``ctxembed export`` and its default (the CLI reads them here)."""
+
     model: str = DEFAULT_MODEL
     out: Path | None = None  # default: models/<model-name>
-    target: str = "cpu"  # cpu | cuda
-    quantize: str = "int8"  # int8 | none (cpu only)
-    layers: str = "last"  # last | all
+    target: Target = "cpu"
+    quantize: Quantize = "int8"  # cpu only
+    layers: LayerOutputs = "last"
     force: bool = False
-    quant_preset: str = "auto"  # auto | avx2 | avx512 | avx512_vnni | arm64
+    quant_preset: QuantPreset = "auto"  # auto: detected from this CPU
     per_channel: bool = True
-    # calibrated: fixed activation ranges (batchable, see calibrate.py) | dynamic: per run
-    int8_activations: str = "calibrated"
+    int8_activations: Int8Activations = "calibrated"
     revision: str | None = None
     thresholds: dict[str, Thresholds] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     models_root: Path = Path("models")
@@ -100,17 +118,15 @@ def _max_tokens(source: ModelSource, tokenizer_max: int) -> int:
 
 
 def _check_options(opts: ExportOptions) -> None:
-    if opts.target not in ("cpu", "cuda"):
-        raise ExportError(f"--target must be cpu or cuda, not {opts.target!r}")
-    if opts.quantize not in ("int8", "none"):
-        raise ExportError(f"--quantize must be int8 or none, not {opts.quantize!r}")
-    if opts.int8_activations not in INT8_ACTIVATIONS:
-        raise ExportError(
-            f"--int8-activations must be {' or '.join(INT8_ACTIVATIONS)},"
-            f" not {opts.int8_activations!r}"
-        )
-    if opts.layers not in ("last", "all"):
-        raise ExportError(f"--layers must be last or all, not {opts.layers!r}")
+    for flag, value, choices in (
+        ("--target", opts.target, TARGETS),
+        ("--quantize", opts.quantize, QUANTIZE),
+        ("--layers", opts.layers, LAYER_OUTPUTS),
+        ("--quant-preset", opts.quant_preset, QUANT_PRESETS),
+        ("--int8-activations", opts.int8_activations, INT8_ACTIVATIONS),
+    ):
+        if value not in choices:
+            raise ExportError(f"{flag} must be one of {', '.join(choices)}, not {value!r}")
 
 
 def _failure_table(results: dict[str, dict[str, Any]]) -> str:
@@ -122,15 +138,45 @@ def _failure_table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
+def _check_output(out: Path, force: bool) -> Path:
+    """The output folder, absolute, once it is known that it can be written: fail here, in
+    one line, rather than after minutes of work."""
+    out = out.expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"--out {out} is a file, not a folder")
+    if out.exists() and not force:
+        raise ExportError(f"--out {out} already exists; pass --force to replace it")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        os.rmdir(tempfile.mkdtemp(prefix=f".{out.name}.probe-", dir=out.parent))
+    except OSError as exc:
+        raise ExportError(
+            f"--out {out}: cannot write in {out.parent}: {exc.strerror or exc}"
+        ) from None
+    return out
+
+
+def _refuse_own_source(out: Path, source: ModelSource) -> None:
+    """``--force`` replaces the output folder: never when that would delete the source."""
+    if not source.is_local:
+        return
+    src = Path(source.location).resolve()
+    if out == src or out in src.parents:
+        raise ExportError(
+            f"--out {out} is or contains the model being exported ({src});"
+            " choose another output folder"
+        )
+
+
 def export_model(opts: ExportOptions) -> ExportResult:
     _check_options(opts)
     steps = Steps(total=6)
+    out = _check_output(opts.out, opts.force) if opts.out is not None else None
     with steps.step("Resolving the model"):
         source = resolve_source(opts.model, opts.revision)
-    out = (opts.out or opts.models_root / source.name).resolve()
-    if out.exists() and not opts.force:
-        raise ExportError(f"{out} already exists; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out is None:
+        out = _check_output(opts.models_root / source.name, opts.force)
+    _refuse_own_source(out, source)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         manifest = _build(opts, source, out.name, tmp, steps)

@@ -1,4 +1,4 @@
-"""Find the model to export: the embedded default, a local folder, or a Hugging Face id."""
+"""Step 1: find the model to export: the embedded default, a local folder, or a Hugging Face id."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Step 3: the fast tokenizer, with padding and truncation cleared (the runtime decides both)."""
+"""Step 4: the fast tokenizer, with padding and truncation cleared (the runtime decides both)."""
 
 from __future__ import annotations
 

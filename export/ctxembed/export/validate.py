@@ -1,4 +1,4 @@
-"""Step 4: compare every ONNX variant with the PyTorch model on a probe set."""
+"""Step 6: compare every ONNX variant with the PyTorch model on a probe set."""
 
 from __future__ import annotations
 

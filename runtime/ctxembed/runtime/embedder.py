@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
+from dataclasses import fields, replace
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -21,14 +22,17 @@ from ctxembed.runtime.errors import InvalidInput, ModelLoadError
 from ctxembed.runtime.manifest import Manifest, load_manifest
 from ctxembed.runtime.pooling import combine_layers, l2_normalize, pool
 from ctxembed.runtime.selection import Units, all_words, select_spans, select_words
-from ctxembed.runtime.session import ModelSession, SessionConfig
+from ctxembed.runtime.session import ModelSession, onnxruntime_version
+from ctxembed.runtime.settings import EngineSettings
 from ctxembed.runtime.tokenization import TextTokenizer, TokenizedText
 from ctxembed.runtime.types import (
-    DEFAULT_MAX_PADDING,
-    DEFAULT_SPIN_AFTER_RUN_US,
+    DType,
     EmbedOptions,
     InputLike,
-    Limits,
+    LayerCombine,
+    ModelInfo,
+    Pooling,
+    Provider,
     TextInput,
     Token,
     Word,
@@ -54,38 +58,35 @@ class Prepared(NamedTuple):
 
 
 class WordEmbedder:
+    """An exported model folder, loaded: implements the stages the service drives
+    (``ctxembed.runtime.stages.WordEmbeddingModel``) and the one-call ``embed``."""
+
     def __init__(
         self,
         model_dir: Path,
         manifest: Manifest,
         session: ModelSession,
         tokenizer: TextTokenizer,
-        limits: Limits,
-        stride: int | None,
-        run_batch_tokens: int = 256,
-        isolate_rows: bool | None = None,
-        max_padding: float = DEFAULT_MAX_PADDING,
+        settings: EngineSettings,
     ) -> None:
         self.model_dir = model_dir
         self.manifest = manifest
         self.session = session
         self.tokenizer = tokenizer
-        self.limits = limits
+        self.settings = settings
+        self.limits = settings.limits
         self.capacity = manifest.max_tokens - tokenizer.num_special
-        self.stride = stride or max(1, self.capacity // 2)
+        self.stride = settings.stride or max(1, self.capacity // 2)
         if not 1 <= self.stride <= self.capacity:
             raise ValueError(f"stride must be between 1 and {self.capacity}, got {self.stride}")
-        self.run_batch_tokens = run_batch_tokens
-        if max_padding < 0:
-            raise ValueError(f"max_padding must be >= 0, got {max_padding}")
-        self.max_padding = max_padding
-        # Dynamic int8 graphs quantize activations per tensor, over the whole batch: a text's
-        # vectors would then depend on its batch neighbours. Running each window alone keeps
-        # results reproducible, for about 20% of int8 throughput (measured here). Calibrated
-        # int8 (the export default) has fixed scales and batches like fp32.
-        if isolate_rows is None:
-            isolate_rows = session.variant.dynamic_activation_scales
-        self.isolate_rows = isolate_rows
+        self.run_batch_tokens = settings.run_batch_tokens
+        self.max_padding = settings.max_padding
+        # Dynamic int8 quantizes activations per run over the whole batch: a text's vectors
+        # would depend on its batch neighbours, so its windows run alone. Calibrated int8
+        # (the export default) has fixed scales and batches like fp32.
+        isolate = settings.isolate_rows
+        dynamic = session.variant.dynamic_activation_scales
+        self.isolate_rows = dynamic if isolate is None else isolate
         self._pad_id = manifest.tokenizer.pad_token_id
         self._layers_available = tuple(manifest.layers_available)
         self._prefix = np.asarray(tokenizer.prefix_ids, dtype=np.int64)
@@ -95,49 +96,30 @@ class WordEmbedder:
     def load(
         cls,
         model_dir: str | Path,
-        provider: str = "auto",
+        provider: Provider | None = None,
         *,
-        variant: str | None = None,
-        threads: int | None = None,
-        spinning: bool = True,
-        spin_after_run_us: int = DEFAULT_SPIN_AFTER_RUN_US,
-        parallel_runs: int = 1,
-        stride: int | None = None,
-        limits: Limits | None = None,
-        run_batch_tokens: int = 256,
-        isolate_rows: bool | None = None,
-        max_padding: float = DEFAULT_MAX_PADDING,
+        settings: EngineSettings | None = None,
+        **options: Any,
     ) -> WordEmbedder:
         """Load a folder written by ``ctxembed export`` and warm its session up.
 
-        ``run_batch_tokens`` caps the padded tokens of one ONNX run: small batches of similar
-        length were fastest on this project's CPUs (cache-bound); ``max_padding`` caps a run's
-        padding as a fraction of its real tokens (0.1: at most 10% more). ``isolate_rows``
-        (default: on for int8 with dynamic activation scales) runs every window alone so that
-        results never depend on batch neighbours.
-        ``parallel_runs`` > 1 (CPU only) runs a call's rows that many at a time, one thread
-        each, on a second session (+54% bulk words/s here, ~60 MB; see ``ModelSession``).
+        ``settings`` (default ``EngineSettings()``), with ``provider`` and any of its fields
+        given as keywords on top: ``WordEmbedder.load(path, "cpu", parallel_runs=2)``.
         """
+        base = settings or EngineSettings()
+        if provider is not None:
+            options["provider"] = provider
+        unknown = sorted(set(options) - {f.name for f in fields(EngineSettings)})
+        if unknown:
+            raise TypeError(f"WordEmbedder.load() got unknown options {unknown}")
+        config = replace(base, **options)
         path = Path(model_dir)
         manifest = load_manifest(path)
         tokenizer = TextTokenizer.from_file(path / manifest.tokenizer.file)
         if manifest.max_tokens <= tokenizer.num_special:
             raise ModelLoadError(f"{path}: max_tokens {manifest.max_tokens} is too small")
-        config = SessionConfig(
-            provider, variant, threads, spinning, spin_after_run_us, parallel_runs
-        )
         session = ModelSession(path, manifest, config)
-        embedder = cls(
-            path,
-            manifest,
-            session,
-            tokenizer,
-            limits or Limits(),
-            stride,
-            run_batch_tokens,
-            isolate_rows,
-            max_padding,
-        )
+        embedder = cls(path, manifest, session, tokenizer, config)
         session.warm_up(
             [*tokenizer.prefix_ids, *tokenizer.suffix_ids],
             manifest.layer_outputs[manifest.num_layers],
@@ -163,16 +145,40 @@ class WordEmbedder:
     def name(self) -> str:
         return self.manifest.name
 
+    @property
+    def parallel_runs(self) -> int:
+        return self.session.parallel_runs
+
+    def info(self) -> ModelInfo:
+        m = self.manifest
+        return ModelInfo(
+            name=m.name,
+            source_model=str(m.source.get("model", "")),
+            architecture=m.architecture,
+            model_type=m.model_type,
+            dimension=m.hidden_size,
+            num_layers=m.num_layers,
+            layers_available=tuple(m.layers_available),
+            max_tokens_per_window=m.max_tokens,
+            precision=self.session.variant.precision,
+            execution_provider=self.session.provider,
+            lowercase=m.tokenizer.lowercase,
+            limits=self.limits,
+            onnxruntime_version=onnxruntime_version(),
+            threads=self.session.threads,
+            parallel_runs=self.session.parallel_runs,
+        )
+
     # -- the one-call API --------------------------------------------------------------------
     def embed(
         self,
         inputs: Sequence[InputLike],
         *,
-        pooling: str = "mean",
+        pooling: Pooling = "mean",
         layers: Sequence[int] = (-1,),
-        layer_combine: str = "mean",
+        layer_combine: LayerCombine = "mean",
         normalize: bool = False,
-        dtype: str = "float32",
+        dtype: DType = "float32",
         include_tokens: bool = False,
     ) -> list[WordEmbeddings]:
         """Embed many inputs at once; results come back in input order."""
@@ -193,34 +199,17 @@ class WordEmbedder:
         self,
         inputs: Sequence[InputLike],
         *,
-        pooling: str = "mean",
+        pooling: Pooling = "mean",
         layers: Sequence[int] = (-1,),
-        layer_combine: str = "mean",
+        layer_combine: LayerCombine = "mean",
         normalize: bool = False,
-        dtype: str = "float32",
+        dtype: DType = "float32",
         include_tokens: bool = False,
     ) -> Prepared:
         if isinstance(inputs, (str, TextInput)):
             raise InvalidInput("inputs", "expected a list of inputs, got a single input")
-        for name, value in (
-            ("pooling", pooling),
-            ("layer_combine", layer_combine),
-            ("dtype", dtype),
-        ):
-            if not isinstance(value, str):
-                raise InvalidInput(name, f"expected a string, got {value!r}")
-        try:
-            layers = tuple(layers)
-            hash(layers)
-        except TypeError:
-            raise InvalidInput("layers", "expected a list of integers") from None
         options, layer_ids = check_options(
-            pooling,
-            layers,
-            layer_combine,
-            dtype,
-            normalize,
-            include_tokens,
+            EmbedOptions(pooling, layers, layer_combine, normalize, dtype, include_tokens),  # type: ignore[arg-type]
             self.manifest.num_layers,
             self._layers_available,
         )
@@ -323,8 +312,6 @@ class WordEmbedder:
         """Consecutive runs of the length-sorted rows within the token budget, and spread over
         the session's parallel runs (16 rows → two runs of 8 when it has two)."""
         per_run = -(-len(order) // self.session.parallel_runs)
-        # Padded tokens cost as much as real ones: 32% padding in server-sized calls of 10
-        # random corpus texts; capping it at 10% raised their throughput by 20-40% here.
         allowed = 1.0 + self.max_padding
         batches: list[list[int]] = []
         current: list[int] = []

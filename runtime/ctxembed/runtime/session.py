@@ -11,7 +11,7 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -19,32 +19,13 @@ import onnxruntime as ort
 
 from ctxembed.runtime.errors import ModelLoadError, ProviderUnavailable
 from ctxembed.runtime.manifest import Manifest, Variant
-from ctxembed.runtime.types import DEFAULT_SPIN_AFTER_RUN_US
+from ctxembed.runtime.settings import EngineSettings
+from ctxembed.runtime.types import PROVIDERS
 
 log = logging.getLogger("ctxembed")
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-PROVIDERS = ("auto", "cpu", "cuda")
-
-
-@dataclass(frozen=True)
-class SessionConfig:
-    provider: str = "auto"  # auto | cpu | cuda
-    variant: str | None = None  # default: int8 on cpu, fp16 on cuda, else fp32
-    threads: int | None = None  # intra-op threads; default: physical cores
-    # Spinning keeps ORT threads busy-waiting between the graph's parallel sections; without it
-    # each section wakes sleeping threads: the bank sentence took 1.42 ms instead of 0.73 ms.
-    spinning: bool = True
-    # How long idle threads keep spinning after a run (0: stop as the run returns). Measured on
-    # the bank sentence (int8, 2 threads), run time after an idle gap of 1 / 3 / 10 ms:
-    # stop at once 0.8 / 1.6-4.0 / 2.1-4.9 ms; 3 ms of spin 0.8 / 0.9 / 1.7 ms, for at most
-    # 3 ms of one core per run; onnxruntime's default (~40 ms here) 0.75 / 0.9 / 1.2 ms, for
-    # 39 ms of CPU in the 50 ms after each run.
-    spin_after_run_us: int = DEFAULT_SPIN_AFTER_RUN_US
-    # Single-threaded runs in flight at once when a call has several rows (see ModelSession).
-    # 1 (the default) keeps one session; the server asks for one per physical core.
-    parallel_runs: int = 1
 
 
 def physical_cores() -> int:
@@ -70,12 +51,31 @@ def physical_cores() -> int:
     return max(1, min(len(cores) or available, available))
 
 
+def installed_runtimes() -> list[str]:
+    """The onnxruntime distributions installed; both share the ``onnxruntime`` module."""
+    found = []
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    return found
+
+
 def _resolve_provider(requested: str) -> str:
     if requested not in PROVIDERS:
         raise ProviderUnavailable(
             f"provider must be one of {', '.join(PROVIDERS)}, not {requested!r}"
         )
     available = ort.get_available_providers()
+    if requested != "cpu" and CUDA not in available and len(installed_runtimes()) > 1:
+        # Both wheels write the same module: whichever was installed last wins.
+        log.warning(
+            "onnxruntime and onnxruntime-gpu are both installed and the one imported has no"
+            " CUDA provider: pip uninstall -y onnxruntime onnxruntime-gpu &&"
+            " pip install 'ctxembed[gpu]'"
+        )
     if requested == "cuda" and CUDA not in available:
         raise ProviderUnavailable(
             "provider 'cuda' requested but this onnxruntime has no CUDA support: install"
@@ -84,7 +84,7 @@ def _resolve_provider(requested: str) -> str:
     if requested == "auto":
         if CUDA in available:
             return "cuda"
-        log.warning("CUDA is not available; running on CPU")
+        log.info("no CUDA provider in this onnxruntime; running on the CPU")
         return "cpu"
     return requested
 
@@ -109,15 +109,12 @@ class ModelSession:
 
     One session runs a lone row with all ``threads`` (lowest latency). On CPU, when a call has
     several rows, they run ``parallel_runs`` at a time, each on one thread of a second,
-    single-threaded session over the same file: for short rows run one at a time that beat
-    one multi-threaded run after another (corpus texts, 2 cores: 806 vs 671 texts/s), since
-    there are no barriers between threads to wait at (batched rows too: +54% words/s). It
-    costs a second copy of the weights (~60 MB for MiniLM), which would take an in-process
-    embedding of the corpus past 300 MB RSS, so it is opt-in (``parallel_runs > 1``);
-    ``ctxembed serve`` turns it on.
+    single-threaded session over the same file: independent runs have no barriers between
+    threads to wait at, which beat one multi-threaded run after another for short rows. It
+    costs a second copy of the weights, so the library keeps it opt-in and the server on.
     """
 
-    def __init__(self, model_dir: Path, manifest: Manifest, config: SessionConfig) -> None:
+    def __init__(self, model_dir: Path, manifest: Manifest, config: EngineSettings) -> None:
         provider = _resolve_provider(config.provider)
         self.variant = _choose_variant(manifest, provider, config.variant)
         self.threads = config.threads or physical_cores()
@@ -133,7 +130,8 @@ class ModelSession:
             raise ModelLoadError(f"{self.path} lacks graph inputs {sorted(missing)}")
         self._token_types = "token_type_ids" in inputs
         self._direct = _direct_run(self.session, self.provider)
-        self.parallel_runs = max(1, config.parallel_runs) if self.provider == CPU else 1
+        runs = config.parallel_runs or physical_cores()
+        self.parallel_runs = runs if self.provider == CPU else 1
         self._row_run: Callable[..., list[np.ndarray]] | None = None
         self._pool: ThreadPoolExecutor | None = None
         if self.parallel_runs > 1:
@@ -187,7 +185,7 @@ class ModelSession:
             pool.shutdown(wait=True)
 
 
-def _options(threads: int, config: SessionConfig) -> ort.SessionOptions:
+def _options(threads: int, config: EngineSettings) -> ort.SessionOptions:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -212,11 +210,13 @@ def _options(threads: int, config: SessionConfig) -> ort.SessionOptions:
 def _direct_run(
     session: ort.InferenceSession, provider: str
 ) -> Callable[..., list[np.ndarray]] | None:
-    """InferenceSession.run re-validates every feed in Python (five calls, ~5 µs right after
-    a run); our feeds are always the graph's dense inputs, so on CPU call the binding
-    directly. CUDA keeps the public path, which owns the fallback on provider failure."""
+    """InferenceSession.run re-validates every feed in Python; our feeds are always the graph's
+    dense inputs, so on CPU call the native binding directly. It is private API: where a
+    version lacks it, ``run`` takes the public path (tested). CUDA keeps the public path,
+    which owns the fallback on provider failure."""
     native = getattr(session, "_sess", None)
-    return native.run if native is not None and provider == CPU else None  # type: ignore[no-any-return]
+    run = getattr(native, "run", None)
+    return run if callable(run) and provider == CPU else None
 
 
 def _public_run(session: ort.InferenceSession) -> Callable[..., list[np.ndarray]]:
@@ -229,3 +229,7 @@ def _zeros(shape: tuple[int, ...]) -> np.ndarray:
     zeros = np.zeros(shape, dtype=np.int64)
     zeros.flags.writeable = False
     return zeros
+
+
+def onnxruntime_version() -> str:
+    return str(ort.__version__)

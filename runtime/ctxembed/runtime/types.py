@@ -1,23 +1,25 @@
-"""Public value types of the engine: what goes in, what comes out, and the options."""
+"""Public value types of the engine: what goes in, what comes out, and the options.
+
+Importing this module costs numpy only: the client shares these types without loading the engine.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 
+# Each choice is defined once, here; the CLI, the protobuf mapping and validation read it.
 Pooling = Literal["mean", "first", "last", "first_last", "max"]
 LayerCombine = Literal["mean", "concat"]
 DType = Literal["float32", "float16"]
-POOLINGS: tuple[str, ...] = ("mean", "first", "last", "first_last", "max")
-LAYER_COMBINES: tuple[str, ...] = ("mean", "concat")
-DTYPES: tuple[str, ...] = ("float32", "float16")
-# How long ONNX Runtime's idle threads spin after a run (see session.SessionConfig).
-DEFAULT_SPIN_AFTER_RUN_US = 3000
-# Padding allowed in one ONNX run, as a fraction of its real tokens (see WordEmbedder._buckets).
-DEFAULT_MAX_PADDING = 0.1
+Provider = Literal["auto", "cpu", "cuda"]
+POOLINGS: tuple[Pooling, ...] = get_args(Pooling)
+LAYER_COMBINES: tuple[LayerCombine, ...] = get_args(LayerCombine)
+DTYPES: tuple[DType, ...] = get_args(DType)
+PROVIDERS: tuple[Provider, ...] = get_args(Provider)
 
 
 @dataclass(frozen=True)
@@ -73,11 +75,11 @@ class WordEmbeddings:
 
 @dataclass(frozen=True)
 class EmbedOptions:
-    pooling: str = "mean"
+    pooling: Pooling = "mean"
     layers: tuple[int, ...] = (-1,)
-    layer_combine: str = "mean"
+    layer_combine: LayerCombine = "mean"
     normalize: bool = False
-    dtype: str = "float32"
+    dtype: DType = "float32"
     include_tokens: bool = False
 
 
@@ -90,3 +92,25 @@ class Limits:
     max_spans_per_text: int = 1_000
     max_inputs_per_request: int = 256
     max_select_words: int = 1_000
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What an engine serves: the model, how it runs, and its limits (``GetModelInfo``)."""
+
+    name: str  # folder name of the model
+    source_model: str  # Hugging Face id or path it was exported from
+    architecture: str  # e.g. BertModel
+    model_type: str  # the config's model_type, e.g. bert, roberta
+    dimension: int  # hidden size (per layer, before FIRST_LAST or LAYER_CONCAT)
+    num_layers: int
+    layers_available: tuple[int, ...]
+    max_tokens_per_window: int
+    precision: str  # int8 | fp16 | fp32
+    execution_provider: str  # e.g. CPUExecutionProvider
+    lowercase: bool
+    limits: Limits
+    onnxruntime_version: str
+    threads: int  # intra-op threads of a lone run
+    parallel_runs: int  # single-threaded runs in flight at once
+    server_version: str = ""  # set by the server

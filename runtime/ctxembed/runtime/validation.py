@@ -101,8 +101,46 @@ def _check_selection(inp: TextInput, field: str, length: int, limits: Limits) ->
             )
 
 
-@functools.lru_cache(maxsize=256)
 def check_options(
+    options: EmbedOptions, num_layers: int, available: tuple[int, ...]
+) -> tuple[EmbedOptions, tuple[int, ...]]:
+    """Validated options and the absolute layer indices (0 = embeddings, num_layers = last).
+
+    Types are checked on every call, before the cache: ``(-1.0,) == (-1,)`` and ``(True,) ==
+    (1,)``, so a cache keyed on values alone would accept a float layer once an int one had
+    been seen.
+    """
+    for name in ("pooling", "layer_combine", "dtype"):
+        value = getattr(options, name)
+        if not isinstance(value, str):
+            raise InvalidInput(name, f"expected a string, got {value!r}")
+    if isinstance(options.layers, (str, bytes)):
+        raise InvalidInput("layers", "expected a list of integers")
+    try:
+        layers = tuple(options.layers) or (-1,)
+    except TypeError:
+        raise InvalidInput("layers", "expected a list of integers") from None
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, int) or isinstance(layer, bool):
+            raise InvalidInput(f"layers[{i}]", f"expected an integer, got {layer!r}")
+    for name in ("normalize", "include_tokens"):
+        value = getattr(options, name)
+        if not isinstance(value, bool):
+            raise InvalidInput(name, f"expected true or false, got {value!r}")
+    return _check_values(
+        options.pooling,
+        tuple(int(layer) for layer in layers),
+        options.layer_combine,
+        options.dtype,
+        options.normalize,
+        options.include_tokens,
+        num_layers,
+        available,
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _check_values(
     pooling: str,
     layers: tuple[int, ...],
     layer_combine: str,
@@ -112,11 +150,8 @@ def check_options(
     num_layers: int,
     available: tuple[int, ...],
 ) -> tuple[EmbedOptions, tuple[int, ...]]:
-    """Validated options and the absolute layer indices (0 = embeddings, num_layers = last).
-
-    Cached: callers repeat the same few option sets, so each is validated once. Arguments must
-    be hashable (``layers`` a tuple).
-    """
+    """The value checks of ``check_options``, cached: callers repeat the same few option sets.
+    Every argument's type was checked, so equal keys mean equal options."""
     if pooling not in POOLINGS:
         raise InvalidInput(
             "pooling", f"unknown pooling {pooling!r}; use one of {', '.join(POOLINGS)}"
@@ -127,11 +162,8 @@ def check_options(
         )
     if dtype not in DTYPES:
         raise InvalidInput("dtype", f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
-    layers = tuple(layers) or (-1,)
     absolute = []
     for i, layer in enumerate(layers):
-        if not isinstance(layer, int) or isinstance(layer, bool):
-            raise InvalidInput(f"layers[{i}]", f"expected an integer, got {layer!r}")
         idx = layer + num_layers + 1 if layer < 0 else layer
         if not 0 <= idx <= num_layers:
             raise InvalidInput(
@@ -148,6 +180,11 @@ def check_options(
             )
         absolute.append(idx)
     options = EmbedOptions(
-        pooling, tuple(layers), layer_combine, bool(normalize), dtype, bool(include_tokens)
+        pooling,  # type: ignore[arg-type]  # checked above
+        layers,
+        layer_combine,  # type: ignore[arg-type]
+        normalize,
+        dtype,  # type: ignore[arg-type]
+        include_tokens,
     )
     return options, tuple(absolute)

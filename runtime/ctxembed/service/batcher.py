@@ -20,9 +20,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ctxembed.runtime import InvalidInput, WordEmbedder, WordEmbeddings
-from ctxembed.runtime.embedder import Prepared
+from ctxembed.runtime.errors import InvalidInput
+from ctxembed.runtime.stages import PreparedCall, WordEmbeddingModel
+from ctxembed.runtime.types import WordEmbeddings
 from ctxembed.service.convert import EmbedCall
+from ctxembed.service.settings import BatcherSettings
 from ctxembed.service.status import DeadlineExpired, Overloaded
 
 log = logging.getLogger("ctxembed.service")
@@ -63,23 +65,15 @@ class _Job:
 
 
 class MicroBatcher:
-    def __init__(
-        self,
-        embedder: WordEmbedder,
-        *,
-        max_batch_tokens: int = 8192,
-        max_wait_ms: float = 2.0,
-        max_queue: int = 256,
-        max_inflight: int | None = None,
-    ) -> None:
-        self.embedder = embedder
-        self.max_batch_tokens = max_batch_tokens
-        self.max_wait = max_wait_ms / 1000.0
-        self.max_queue = max_queue
-        # Batches computed at once. One batch's tokenize and pool (Python, holding the GIL)
-        # then overlap another's ONNX runs, instead of leaving the cores idle between runs.
-        # Default: the session's parallel runs (one per core on CPU).
-        self.max_inflight = max_inflight or embedder.session.parallel_runs
+    def __init__(self, model: WordEmbeddingModel, settings: BatcherSettings | None = None) -> None:
+        settings = settings or BatcherSettings()
+        self.model = model
+        self.max_batch_tokens = settings.max_batch_tokens
+        self.max_wait = settings.max_wait_ms / 1000.0
+        self.max_queue = settings.max_queue
+        # Batches computed at once: one batch's tokenize and pool (Python, holding the GIL)
+        # overlap another's ONNX runs, instead of leaving the cores idle between runs.
+        self.max_inflight = settings.max_inflight or model.parallel_runs
         self.stats = BatcherStats()
         self._queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(self.max_inflight, thread_name_prefix="ctxembed-run")
@@ -208,10 +202,10 @@ class MicroBatcher:
     ) -> tuple[list[list[WordEmbeddings] | Exception], tuple[float, float, float, int]]:
         """prepare each request, one forward for all of them, finish each (executor thread);
         also the seconds each stage took, and the texts."""
-        emb = self.embedder
+        emb = self.model
         t0 = time.perf_counter()
         outcomes: list[list[WordEmbeddings] | Exception] = []
-        prepared: list[tuple[int, Prepared]] = []
+        prepared: list[tuple[int, PreparedCall]] = []
         for i, call in enumerate(calls):
             try:
                 prepared.append((i, emb.prepare(call.inputs, **call.options)))

@@ -12,10 +12,22 @@ from typing import Any
 import numpy as np
 
 from ctxembed.runtime.errors import InvalidInput
-from ctxembed.runtime.types import CharSpan, InputLike, TextInput, Token, Word, WordEmbeddings
+from ctxembed.runtime.types import (
+    CharSpan,
+    DType,
+    InputLike,
+    LayerCombine,
+    Limits,
+    ModelInfo,
+    Pooling,
+    TextInput,
+    Token,
+    Word,
+    WordEmbeddings,
+)
 from ctxembed.v1 import embedder_pb2 as pb
 
-POOLING_TO_PB = {
+POOLING_TO_PB: dict[Pooling, pb.Pooling] = {
     "mean": pb.MEAN,
     "first": pb.FIRST,
     "last": pb.LAST,
@@ -23,9 +35,12 @@ POOLING_TO_PB = {
     "max": pb.MAX,
 }
 POOLING_FROM_PB = {v: k for k, v in POOLING_TO_PB.items()} | {pb.POOLING_UNSPECIFIED: "mean"}
-COMBINE_TO_PB = {"mean": pb.LAYER_MEAN, "concat": pb.LAYER_CONCAT}
+COMBINE_TO_PB: dict[LayerCombine, pb.LayerCombine] = {
+    "mean": pb.LAYER_MEAN,
+    "concat": pb.LAYER_CONCAT,
+}
 COMBINE_FROM_PB = {v: k for k, v in COMBINE_TO_PB.items()} | {pb.LAYER_COMBINE_UNSPECIFIED: "mean"}
-DTYPE_TO_PB = {"float32": pb.FLOAT32, "float16": pb.FLOAT16}
+DTYPE_TO_PB: dict[DType, pb.DType] = {"float32": pb.FLOAT32, "float16": pb.FLOAT16}
 DTYPE_FROM_PB = {v: k for k, v in DTYPE_TO_PB.items()} | {pb.DTYPE_UNSPECIFIED: "float32"}
 NUMPY_DTYPE: dict[int, np.dtype[Any]] = {pb.FLOAT32: np.dtype("<f4"), pb.FLOAT16: np.dtype("<f2")}
 
@@ -101,11 +116,11 @@ def response_from_results(results: Sequence[WordEmbeddings]) -> pb.EmbedResponse
 def request_from_call(
     inputs: Sequence[InputLike],
     *,
-    pooling: str = "mean",
+    pooling: Pooling = "mean",
     layers: Sequence[int] = (-1,),
-    layer_combine: str = "mean",
+    layer_combine: LayerCombine = "mean",
     normalize: bool = False,
-    dtype: str = "float32",
+    dtype: DType = "float32",
     include_tokens: bool = False,
 ) -> pb.EmbedRequest:
     for name, value, table in (
@@ -167,3 +182,45 @@ def results_from_response(response: pb.EmbedResponse) -> list[WordEmbeddings]:
             WordEmbeddings(words, tensor_to_numpy(res.vectors), res.num_tokens, res.num_windows)
         )
     return results
+
+
+_LIMIT_FIELDS = (
+    "max_inputs_per_request",
+    "max_chars_per_text",
+    "max_words_per_text",
+    "max_spans_per_text",
+)
+_INFO_FIELDS = (
+    "source_model",
+    "architecture",
+    "model_type",
+    "dimension",
+    "num_layers",
+    "max_tokens_per_window",
+    "precision",
+    "execution_provider",
+    "lowercase",
+    "onnxruntime_version",
+    "threads",
+    "parallel_runs",
+    "server_version",
+)
+
+
+def info_to_pb(info: ModelInfo) -> pb.ModelInfo:
+    return pb.ModelInfo(
+        model_name=info.name,
+        layers_available=info.layers_available,
+        limits=pb.Limits(**{f: getattr(info.limits, f) for f in _LIMIT_FIELDS}),
+        **{f: getattr(info, f) for f in _INFO_FIELDS},
+    )
+
+
+def info_from_pb(message: pb.ModelInfo) -> ModelInfo:
+    limits = {f: getattr(message.limits, f) for f in _LIMIT_FIELDS}
+    return ModelInfo(
+        name=message.model_name,
+        layers_available=tuple(message.layers_available),
+        limits=Limits(**{f: v for f, v in limits.items() if v}),  # 0: an older server's unset
+        **{f: getattr(message, f) for f in _INFO_FIELDS},
+    )

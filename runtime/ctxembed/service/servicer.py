@@ -8,15 +8,16 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from importlib import metadata
 from typing import Any
 
 import grpc
-import onnxruntime as ort
 
-from ctxembed.runtime import InvalidInput, Limits, WordEmbedder
+from ctxembed.runtime.errors import InvalidInput
+from ctxembed.runtime.stages import WordEmbeddingModel
 from ctxembed.service.batcher import MicroBatcher
-from ctxembed.service.convert import call_from_request, response_from_results
+from ctxembed.service.convert import call_from_request, info_to_pb, response_from_results
 from ctxembed.service.status import plain, status_for
 from ctxembed.v1 import embedder_pb2 as pb
 from ctxembed.v1 import embedder_pb2_grpc as pb_grpc
@@ -35,10 +36,11 @@ def server_version() -> str:
 
 
 class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
-    def __init__(self, embedder: WordEmbedder, batcher: MicroBatcher, limits: Limits) -> None:
-        self.embedder = embedder
+    def __init__(self, model: WordEmbeddingModel, batcher: MicroBatcher) -> None:
+        self.model = model
         self.batcher = batcher
-        self.limits = limits
+        self.limits = model.limits
+        self._info = info_to_pb(replace(model.info(), server_version=server_version()))
 
     async def _embed(self, request: pb.EmbedRequest, context: Context) -> pb.EmbedResponse:
         if len(request.inputs) > self.limits.max_inputs_per_request:
@@ -103,25 +105,4 @@ class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
                 await reader
 
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Context) -> pb.ModelInfo:
-        m = self.embedder.manifest
-        limits = self.limits
-        return pb.ModelInfo(
-            model_name=m.name,
-            source_model=str(m.source.get("model", "")),
-            architecture=m.architecture,
-            dimension=m.hidden_size,
-            num_layers=m.num_layers,
-            layers_available=m.layers_available,
-            max_tokens_per_window=m.max_tokens,
-            precision=self.embedder.session.variant.precision,
-            execution_provider=self.embedder.session.provider,
-            server_version=server_version(),
-            onnxruntime_version=ort.__version__,
-            lowercase=m.tokenizer.lowercase,
-            limits=pb.Limits(
-                max_inputs_per_request=limits.max_inputs_per_request,
-                max_chars_per_text=limits.max_chars_per_text,
-                max_words_per_text=limits.max_words_per_text,
-                max_spans_per_text=limits.max_spans_per_text,
-            ),
-        )
+        return self._info

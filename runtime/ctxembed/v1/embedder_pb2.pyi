@@ -143,7 +143,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_name", "source_model", "architecture", "dimension", "num_layers", "layers_available", "max_tokens_per_window", "precision", "execution_provider", "server_version", "onnxruntime_version", "lowercase", "limits")
+    __slots__ = ("model_name", "source_model", "architecture", "dimension", "num_layers", "layers_available", "max_tokens_per_window", "precision", "execution_provider", "server_version", "onnxruntime_version", "lowercase", "limits", "model_type", "threads", "parallel_runs")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     SOURCE_MODEL_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -157,6 +157,9 @@ class ModelInfo(_message.Message):
     ONNXRUNTIME_VERSION_FIELD_NUMBER: _ClassVar[int]
     LOWERCASE_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_TYPE_FIELD_NUMBER: _ClassVar[int]
+    THREADS_FIELD_NUMBER: _ClassVar[int]
+    PARALLEL_RUNS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     source_model: str
     architecture: str
@@ -170,7 +173,10 @@ class ModelInfo(_message.Message):
     onnxruntime_version: str
     lowercase: bool
     limits: Limits
-    def __init__(self, model_name: _Optional[str] = ..., source_model: _Optional[str] = ..., architecture: _Optional[str] = ..., dimension: _Optional[int] = ..., num_layers: _Optional[int] = ..., layers_available: _Optional[_Iterable[int]] = ..., max_tokens_per_window: _Optional[int] = ..., precision: _Optional[str] = ..., execution_provider: _Optional[str] = ..., server_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., lowercase: _Optional[bool] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ...) -> None: ...
+    model_type: str
+    threads: int
+    parallel_runs: int
+    def __init__(self, model_name: _Optional[str] = ..., source_model: _Optional[str] = ..., architecture: _Optional[str] = ..., dimension: _Optional[int] = ..., num_layers: _Optional[int] = ..., layers_available: _Optional[_Iterable[int]] = ..., max_tokens_per_window: _Optional[int] = ..., precision: _Optional[str] = ..., execution_provider: _Optional[str] = ..., server_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., lowercase: _Optional[bool] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., model_type: _Optional[str] = ..., threads: _Optional[int] = ..., parallel_runs: _Optional[int] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_inputs_per_request", "max_chars_per_text", "max_words_per_text", "max_spans_per_text")

@@ -1,0 +1,49 @@
+"""How an engine runs: every option of ``WordEmbedder.load`` and its default, defined once.
+
+``ctxembed serve`` reads its flag defaults from here, so a default changes in one place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ctxembed.runtime.types import Limits, Provider
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    provider: Provider = "auto"
+    variant: str | None = None  # default: int8 on cpu, fp16 on cuda, else fp32
+    threads: int | None = None  # intra-op threads; None: physical cores
+    # Spinning keeps ONNX Runtime's threads busy-waiting between the graph's parallel sections
+    # instead of waking sleeping threads for each (about 2x faster per run here).
+    spinning: bool = True
+    # How long idle threads keep spinning after a run (0: stop as the run returns): a request
+    # arriving soon finds them awake, and an idle process stops burning a core soon after.
+    spin_after_run_us: int = 3000
+    # Single-threaded runs in flight at once when a call has several rows (see ModelSession);
+    # None: one per physical core. The library keeps one (less memory); the server uses None.
+    parallel_runs: int | None = 1
+    stride: int | None = None  # window stride for long texts; None: half a window
+    # Padded tokens per ONNX run: small batches of similar length were fastest on these
+    # cache-bound CPUs (see README, "Measured choices").
+    run_batch_tokens: int = 256
+    # Padding allowed in one run, as a fraction of its real tokens: padded tokens cost as much
+    # as real ones.
+    max_padding: float = 0.1
+    # Run every window alone; None: only for int8 with dynamic activation scales, whose
+    # vectors would otherwise depend on their batch neighbours.
+    isolate_rows: bool | None = None
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        for name in ("threads", "parallel_runs", "stride"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.run_batch_tokens < 1:
+            raise ValueError(f"run_batch_tokens must be at least 1, got {self.run_batch_tokens}")
+        if self.max_padding < 0:
+            raise ValueError(f"max_padding must be >= 0, got {self.max_padding}")
+        if self.spin_after_run_us < 0:
+            raise ValueError(f"spin_after_run_us must be >= 0, got {self.spin_after_run_us}")

@@ -1,0 +1,53 @@
+"""What ``ctxembed serve`` configures, and every default, defined once; the CLI reads them here.
+
+Kept apart from the server so that building the CLI's parser imports no engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ctxembed.runtime.errors import CtxembedError
+from ctxembed.runtime.settings import EngineSettings
+
+
+@dataclass(frozen=True)
+class BatcherSettings:
+    max_batch_tokens: int = 8192  # estimated tokens gathered into one batch
+    max_wait_ms: float = 2.0  # longest a request waits for company (only under concurrency)
+    max_queue: int = 256  # queued requests before RESOURCE_EXHAUSTED
+    max_inflight: int | None = None  # batches computed at once; None: the model's parallel runs
+
+    def __post_init__(self) -> None:
+        for name in ("max_batch_tokens", "max_queue", "max_inflight"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if self.max_wait_ms < 0:
+            raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+
+
+class ServeError(CtxembedError):
+    """The server cannot start (address in use, unreadable TLS files)."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Everything ``ctxembed serve`` configures, built once in main(); the CLI's defaults."""
+
+    model_dir: Path | None = None  # None only when start_server is given a model
+    host: str = "127.0.0.1"
+    port: int = 50051  # 0 picks a free port
+    # The server computes batched rows in parallel runs, one per physical core.
+    engine: EngineSettings = field(default_factory=lambda: EngineSettings(parallel_runs=None))
+    batcher: BatcherSettings = field(default_factory=BatcherSettings)
+    grace_s: float = 10.0  # seconds in-flight calls get to finish after SIGTERM
+    max_receive_mb: int = 16
+    max_send_mb: int = 64
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    def __post_init__(self) -> None:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ServeError("TLS needs both --tls-cert and --tls-key; refusing to serve plaintext")
