@@ -211,3 +211,36 @@ def test_cuda_target_writes_validated_fp16(tiny_source: Path, tmp_path: Path) ->
     assert fp16.size_bytes < manifest.variant("fp32").size_bytes * 0.6
     [res] = WordEmbedder.load(out, provider="cpu", variant="fp16").embed(["half precision"])
     assert res.vectors.shape == (2, 64)
+
+
+@pytest.mark.parametrize(
+    ("out", "message"),
+    [
+        ("/proc/x", "--out /proc/x: cannot write in /proc"),
+        ("/etc/hostname/model", "--out /etc/hostname/model: cannot write in /etc/hostname"),
+        ("/etc/hostname", "--out /etc/hostname is a file, not a folder"),
+    ],
+)
+def test_unwritable_output_fails_first_in_one_line(out: str, message: str) -> None:
+    if not (Path("/proc/self").is_dir() and Path("/etc/hostname").is_file()):
+        pytest.skip("needs a Linux /proc and /etc/hostname")
+    proc = subprocess.run(
+        [sys.executable, "-m", "ctxembed.cli", "export", "--out", out],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
+    assert "[1/6]" not in proc.stdout  # checked before any work
+
+
+def test_export_refuses_to_replace_its_source(
+    tiny_source: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for out in (tiny_source, tiny_source.parent):
+        code = main(["export", "--model", str(tiny_source), "--out", str(out), "--force"])
+        assert code == 1
+        assert "is or contains the model being exported" in capsys.readouterr().err
+    assert (tiny_source / "config.json").is_file()
