@@ -310,12 +310,46 @@ def test_runs_keep_padding_under_the_cap(model_dir: Path, max_padding: float) ->
         np.testing.assert_array_equal(res.vectors, emb.embed([text])[0].vectors)
 
 
+def test_public_run_path_gives_the_same_vectors(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The session calls onnxruntime's native binding directly; where a version lacks that
+    private API, the public ``InferenceSession.run`` must give the same results."""
+    from ctxembed.runtime import session
+
+    texts = [BANK, *load_corpus(6), "bank " * 700]
+    with WordEmbedder.load(model_dir, provider="cpu", parallel_runs=2) as direct:
+        assert direct.session._direct is not None
+        expected = direct.embed(texts)
+    monkeypatch.setattr(session, "_direct_run", lambda *_: None)
+    with WordEmbedder.load(model_dir, provider="cpu", parallel_runs=2) as public:
+        assert public.session._direct is None
+        for a, b in zip(expected, public.embed(texts), strict=True):
+            np.testing.assert_array_equal(a.vectors, b.vectors)
+
+
 @pytest.mark.gpu
-def test_cuda_fp16(model_dir: Path) -> None:
+def test_cuda_fp16_matches_cpu_fp32(fp32_embedder: WordEmbedder, tmp_path: Path) -> None:
+    """fp16 on CUDA against fp32 on the CPU. CTXEMBED_CUDA_MODEL_DIR names a folder exported
+    with ``--target cuda`` elsewhere (for GPU machines without the export extra)."""
+    import os
+
     import onnxruntime as ort
 
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         pytest.skip("onnxruntime has no CUDA provider here")
-    emb = WordEmbedder.load(model_dir, provider="cuda", variant="fp32")
+    folder = os.environ.get("CTXEMBED_CUDA_MODEL_DIR")
+    if folder is None:
+        from ctxembed.export import ExportOptions, export_model
+
+        folder = str(export_model(ExportOptions(out=tmp_path / "cuda", target="cuda")).out)
+    emb = WordEmbedder.load(folder, provider="cuda")
     assert emb.session.provider == "CUDAExecutionProvider"
-    assert emb.embed([BANK])[0].vectors.shape == (7, 384)
+    assert emb.session.variant.precision == "fp16"
+    texts = [BANK, *load_corpus(20)]
+    for gpu, cpu in zip(emb.embed(texts), fp32_embedder.embed(texts), strict=True):
+        assert gpu.words == cpu.words
+        cos = (gpu.vectors * cpu.vectors).sum(1) / (
+            np.linalg.norm(gpu.vectors, axis=1) * np.linalg.norm(cpu.vectors, axis=1)
+        )
+        assert cos.min() >= 0.995, cos.min()

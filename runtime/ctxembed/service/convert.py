@@ -189,6 +189,7 @@ _LIMIT_FIELDS = (
     "max_chars_per_text",
     "max_words_per_text",
     "max_spans_per_text",
+    "max_select_words",
 )
 _INFO_FIELDS = (
     "source_model",

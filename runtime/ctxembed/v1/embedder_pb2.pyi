@@ -179,13 +179,15 @@ class ModelInfo(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., source_model: _Optional[str] = ..., architecture: _Optional[str] = ..., dimension: _Optional[int] = ..., num_layers: _Optional[int] = ..., layers_available: _Optional[_Iterable[int]] = ..., max_tokens_per_window: _Optional[int] = ..., precision: _Optional[str] = ..., execution_provider: _Optional[str] = ..., server_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., lowercase: _Optional[bool] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., model_type: _Optional[str] = ..., threads: _Optional[int] = ..., parallel_runs: _Optional[int] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_inputs_per_request", "max_chars_per_text", "max_words_per_text", "max_spans_per_text")
+    __slots__ = ("max_inputs_per_request", "max_chars_per_text", "max_words_per_text", "max_spans_per_text", "max_select_words")
     MAX_INPUTS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     MAX_CHARS_PER_TEXT_FIELD_NUMBER: _ClassVar[int]
     MAX_WORDS_PER_TEXT_FIELD_NUMBER: _ClassVar[int]
     MAX_SPANS_PER_TEXT_FIELD_NUMBER: _ClassVar[int]
+    MAX_SELECT_WORDS_FIELD_NUMBER: _ClassVar[int]
     max_inputs_per_request: int
     max_chars_per_text: int
     max_words_per_text: int
     max_spans_per_text: int
-    def __init__(self, max_inputs_per_request: _Optional[int] = ..., max_chars_per_text: _Optional[int] = ..., max_words_per_text: _Optional[int] = ..., max_spans_per_text: _Optional[int] = ...) -> None: ...
+    max_select_words: int
+    def __init__(self, max_inputs_per_request: _Optional[int] = ..., max_chars_per_text: _Optional[int] = ..., max_words_per_text: _Optional[int] = ..., max_spans_per_text: _Optional[int] = ..., max_select_words: _Optional[int] = ...) -> None: ...
