@@ -72,8 +72,8 @@ def test_cli_embed_output(served: ProcessServer, capsys: pytest.CaptureFixture[s
     console = _block("console", "$ ctxembed embed").splitlines()
     command = console[0]
     assert command == '$ ctxembed embed "I live near the bank of America" --word bank'
-    assert main(["embed", "I live near the bank of America", "--word", "bank"]
-                + ["--server", served.address]) == 0  # fmt: skip
+    args = ["embed", "I live near the bank of America", "--word", "bank"]
+    assert main([*args, "--server", served.address]) == 0
     quoted, printed = _same_shape(console[1], capsys.readouterr().out.strip())
     # [16:20] index dim exactly; the norm within 2%; the first values within 0.1
     assert quoted[:4] == printed[:4]

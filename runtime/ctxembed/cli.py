@@ -26,7 +26,7 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     from ctxembed.export.pipeline import (
         INT8_ACTIVATIONS,
         LAYER_OUTPUTS,
-        QUANT_PRESETS,
+        QUANT_PRESET_CHOICES,
         QUANTIZE,
         TARGETS,
         ExportOptions,
@@ -60,7 +60,7 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument(
         "--quant-preset",
         default=d.quant_preset,
-        choices=QUANT_PRESETS,
+        choices=QUANT_PRESET_CHOICES,
         help="optimum quantization preset (default: detected from this CPU)",
     )
     p.add_argument("--no-per-channel", action="store_true", help="per-tensor int8 weight scales")

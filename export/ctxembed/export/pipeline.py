@@ -25,7 +25,13 @@ from typing import Any, Literal, get_args
 from ctxembed.export.calibrate import calibration_feeds, freeze_activation_ranges
 from ctxembed.export.errors import ExportError
 from ctxembed.export.onnx_graph import export_onnx, num_layers
-from ctxembed.export.optimize import detect_cpu_preset, fuse, quantize_int8, to_fp16
+from ctxembed.export.optimize import (
+    QuantPresetChoice,
+    detect_cpu_preset,
+    fuse,
+    quantize_int8,
+    to_fp16,
+)
 from ctxembed.export.progress import Steps
 from ctxembed.export.source import DEFAULT_MODEL, ModelSource, resolve_source
 from ctxembed.export.tokenizer_files import write_tokenizer
@@ -41,13 +47,12 @@ from ctxembed.runtime.manifest import MANIFEST_NAME, Manifest, Variant
 Target = Literal["cpu", "cuda"]
 Quantize = Literal["int8", "none"]
 LayerOutputs = Literal["last", "all"]
-QuantPreset = Literal["auto", "avx2", "avx512", "avx512_vnni", "arm64"]
 # calibrated: fixed activation ranges (batchable, see calibrate.py) | dynamic: per run
 Int8Activations = Literal["calibrated", "dynamic"]
 TARGETS: tuple[Target, ...] = get_args(Target)
 QUANTIZE: tuple[Quantize, ...] = get_args(Quantize)
 LAYER_OUTPUTS: tuple[LayerOutputs, ...] = get_args(LayerOutputs)
-QUANT_PRESETS: tuple[QuantPreset, ...] = get_args(QuantPreset)
+QUANT_PRESET_CHOICES: tuple[QuantPresetChoice, ...] = get_args(QuantPresetChoice)
 INT8_ACTIVATIONS: tuple[Int8Activations, ...] = get_args(Int8Activations)
 TOOLS = (
     "ctxembed",
@@ -71,7 +76,7 @@ class ExportOptions:
     quantize: Quantize = "int8"  # cpu only
     layers: LayerOutputs = "last"
     force: bool = False
-    quant_preset: QuantPreset = "auto"  # auto: detected from this CPU
+    quant_preset: QuantPresetChoice = "auto"  # auto: detected from this CPU
     per_channel: bool = True
     int8_activations: Int8Activations = "calibrated"
     revision: str | None = None
@@ -122,7 +127,7 @@ def _check_options(opts: ExportOptions) -> None:
         ("--target", opts.target, TARGETS),
         ("--quantize", opts.quantize, QUANTIZE),
         ("--layers", opts.layers, LAYER_OUTPUTS),
-        ("--quant-preset", opts.quant_preset, QUANT_PRESETS),
+        ("--quant-preset", opts.quant_preset, QUANT_PRESET_CHOICES),
         ("--int8-activations", opts.int8_activations, INT8_ACTIVATIONS),
     ):
         if value not in choices:

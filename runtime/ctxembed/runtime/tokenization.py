@@ -19,8 +19,7 @@ from ctxembed.runtime.errors import ModelLoadError
 
 SMALL_TEXT_TOKENS = 128  # below this, plain Python beats numpy's per-call overhead
 # Below this many texts, one ``encode`` per text beats ``encode_batch``: waking the Rust thread
-# pool cost ~50 µs per call right after an ONNX run (84 vs 36 µs for the bank sentence here),
-# more than its parallelism gives back. From 32 texts on, ``encode_batch`` was faster.
+# pool costs more than its parallelism gives back for a few short texts.
 PARALLEL_MIN_TEXTS = 8
 
 
@@ -93,7 +92,7 @@ class TextTokenizer:
 
     # Specials are not asked of the tokenizer: ``forward`` wraps every window in them itself,
     # so every token of an encoding is content (a literal "[SEP]" in a text is a word, as
-    # with the post-processor on). Saves the post-processor and the slicing (~5 µs a text).
+    # with the post-processor on), and the post-processor and the slicing are saved.
     def tokenize_texts(self, texts: Sequence[str]) -> list[TokenizedText]:
         if len(texts) < PARALLEL_MIN_TEXTS:
             encodings = [self._tok.encode(t, add_special_tokens=False) for t in texts]

@@ -1,10 +1,9 @@
 """Which asyncio event loop ``ctxembed serve`` runs on: the standard one, or uvloop (opt-in).
 
-grpc.aio runs unchanged on uvloop (libuv), which spends less Python per callback. Whether that
-pays here was not settled: two interleaved A/B runs on this 2-vCPU machine disagreed (32
-clients: 548 vs 515 corpus texts/s for uvloop in one, 520 vs 553 against it in the other), so
-the standard loop stays the default and ``--event-loop uvloop`` (``pip install
-'ctxembed[uvloop]'``) is there to measure on other machines.
+grpc.aio runs unchanged on uvloop (libuv), which spends less Python per callback. It did not
+pay reliably on the machines measured (README, "Measured choices"), so the standard loop stays
+the default and ``--event-loop uvloop`` (``pip install 'ctxembed[uvloop]'``) is there to
+measure on others.
 """
 
 from __future__ import annotations
