@@ -10,7 +10,7 @@ MODEL_DIR ?= models/all-MiniLM-L6-v2
 HOST ?= 127.0.0.1
 PORT ?= 50051
 
-.PHONY: venv lint test export serve bench bench-full proto clean
+.PHONY: venv lint test test-fast test-slow stress export serve bench bench-full proto clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -24,10 +24,19 @@ venv: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Test tiers: `make test` is what CI runs (.ci/run); test-fast is the inner loop (no export, no
+# lint, seconds); test-slow holds big downloads and long runs; stress and bench print figures.
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not model and not slow"
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -q -m slow || [ $$? -eq 5 ]  # 5: none collected yet
 
 $(MODEL_DIR)/manifest.json: | $(STAMP)
 	$(BIN)/ctxembed export --out $(MODEL_DIR)

@@ -1,4 +1,8 @@
-"""Shared fixtures: the embedded model exported once per test session, and a tiny local model."""
+"""Shared fixtures: the embedded model exported once per test session, and a tiny local model.
+
+Tests that use an exported or PyTorch model get the ``model`` marker automatically, so that
+``make test-fast`` (``-m "not model and not slow"``) runs the rest in seconds.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,14 @@ from typing import Any
 import pytest
 
 from ctxembed.runtime import WordEmbedder
+
+MODEL_FIXTURES = {"model_dir", "embedder", "fp32_embedder", "reference", "tiny_source"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
 
 
 @pytest.fixture(scope="session")
