@@ -116,8 +116,9 @@ def _sha256(path: Path) -> str:
 
 def _max_tokens(source: ModelSource, tokenizer_max: int) -> int:
     positions = int(getattr(source.config, "max_position_embeddings", 512))
-    # RoBERTa-style models reserve padding_idx + 1 positions: 514 embeddings, 512 usable tokens.
-    if source.config.model_type in ("roberta", "xlm-roberta", "camembert"):
+    # RoBERTa-style models (and MPNet) number positions from padding_idx + 1: 514 embeddings,
+    # 512 usable tokens.
+    if source.config.model_type in ("roberta", "xlm-roberta", "camembert", "mpnet"):
         positions -= int(getattr(source.config, "pad_token_id", 1) or 1) + 1
     return min(positions, tokenizer_max) if 0 < tokenizer_max < 1_000_000 else positions
 

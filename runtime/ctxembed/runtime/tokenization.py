@@ -2,11 +2,15 @@
 
 Runs the model's own Rust tokenizer (``encode_batch`` for many texts, ``encode`` for a few).
 Words are the tokenizer's pre-tokenizer words (``word_ids``); offsets are code points of the input.
+Tokenizers that keep the space inside a token (SentencePiece's "▁", byte-level BPE's "Ġ") give
+words whose spans start with that space, and whitespace-only words: their spans are trimmed to
+the word itself and the whitespace-only ones dropped, so ``text[start:end]`` is always the word.
 """
 
 from __future__ import annotations
 
 import functools
+import json
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -39,12 +43,16 @@ class TokenizedText:
     encoding: Encoding  # the tokenizer's output
     num_prefix: int  # special tokens before the content in ``framed_ids``
     token_offsets: np.ndarray | None = None  # (n, 2) once computed (pre-split input: shifted)
+    trim_tokens: bool = False  # token offsets may start with the space the token stands for
 
     @property
     def offsets(self) -> np.ndarray:
-        """(n, 2) code points of each token into ``text``."""
+        """(n, 2) code points of each token into ``text`` (without a leading space)."""
         if self.token_offsets is None:
-            self.token_offsets = np.array(self.encoding.offsets, dtype=np.int64).reshape(-1, 2)
+            offsets = np.array(self.encoding.offsets, dtype=np.int64).reshape(-1, 2)
+            if self.trim_tokens:
+                _trim_token_starts(self.text, offsets)
+            self.token_offsets = offsets
         return self.token_offsets
 
     @property
@@ -74,6 +82,13 @@ class TextTokenizer:
         self._normalizer = tokenizer.normalizer
         # Words repeat a lot; normalizing each once keeps select_words cheap.
         self.normalize = functools.lru_cache(maxsize=1 << 16)(self._normalize)
+        # Pre-split words must tokenize as they do after a space in running text: byte-level
+        # BPE without add_prefix_space would give "had" where running text has "Ġhad".
+        self._split_tok = _with_prefix_space(tokenizer) or tokenizer
+        self._spaces_in_words = any(
+            _has_space_edges(t, self._tok.encode(t, add_special_tokens=False))
+            for t in ("a b", "  a\tb  c", " a")
+        )
 
     @classmethod
     def from_file(cls, path: Path) -> TextTokenizer:
@@ -104,10 +119,11 @@ class TextTokenizer:
         lists = [list(w) for w in word_lists]
         if len(lists) < PARALLEL_MIN_TEXTS:
             encodings = [
-                self._tok.encode(w, is_pretokenized=True, add_special_tokens=False) for w in lists
+                self._split_tok.encode(w, is_pretokenized=True, add_special_tokens=False)
+                for w in lists
             ]
         else:
-            encodings = self._tok.encode_batch(
+            encodings = self._split_tok.encode_batch(
                 lists, is_pretokenized=True, add_special_tokens=False
             )
         return [self._from_pretokenized(w, e) for w, e in zip(word_lists, encodings)]
@@ -130,8 +146,11 @@ class TextTokenizer:
         word_chars = np.empty_like(word_tokens)
         word_chars[:, 0] = offsets[word_tokens[:, 0], 0]
         word_chars[:, 1] = offsets[word_tokens[:, 1] - 1, 1]
+        if self._spaces_in_words:
+            word_tokens, word_chars = _strip_spaces(text, word_tokens, word_chars)
+            _trim_token_starts(text, offsets)
         if not text.isascii():
-            _extend_over_marks(text, word_chars[:, 1])
+            _extend_over_marks(text, word_chars)
         index = np.arange(word_tokens.shape[0], dtype=np.int64)
         return TokenizedText(
             text,
@@ -143,6 +162,7 @@ class TextTokenizer:
             enc,
             len(self.prefix_ids),
             offsets,
+            self._spaces_in_words,
         )
 
     def _from_small_encoding(self, text: str, enc: Encoding) -> TokenizedText:
@@ -161,18 +181,23 @@ class TextTokenizer:
                 start = k
                 count += 1
         table = np.array(bounds, dtype=np.int64).reshape(-1, 5)
-        word_chars = table[:, 2:4]
+        word_tokens, word_chars, index = table[:, :2], table[:, 2:4], table[:, 4]
+        if self._spaces_in_words:
+            word_tokens, word_chars = _strip_spaces(text, word_tokens, word_chars)
+            index = np.arange(word_tokens.shape[0], dtype=np.int64)
         if not text.isascii():
-            _extend_over_marks(text, word_chars[:, 1])
+            _extend_over_marks(text, word_chars)
         return TokenizedText(
             text,
             len(words),
             self._frame(enc.ids),
-            table[:, :2],
+            word_tokens,
             word_chars,
-            table[:, 4],
+            index,
             enc,
             len(self.prefix_ids),
+            None,
+            self._spaces_in_words,
         )
 
     def _from_pretokenized(self, words: Sequence[str], enc: Encoding) -> TokenizedText:
@@ -187,8 +212,11 @@ class TextTokenizer:
         word_chars = np.empty_like(word_tokens)
         word_chars[:, 0] = begin[present]
         word_chars[:, 1] = begin[present] + lengths[present]
+        joined = " ".join(words)
+        if self._spaces_in_words:
+            _trim_token_starts(joined, offsets)
         return TokenizedText(
-            " ".join(words),
+            joined,
             offsets.shape[0],
             self._frame(enc.ids),
             word_tokens,
@@ -216,10 +244,63 @@ def _word_ranges(word_ids: np.ndarray) -> np.ndarray:
     return ranges
 
 
-def _extend_over_marks(text: str, ends: np.ndarray) -> None:
-    """Extend word ends (in place) over combining marks that normalization dropped."""
-    n = len(text)
-    for i, end in enumerate(ends.tolist()):
-        while end < n and unicodedata.category(text[end]).startswith("M"):
+def _extend_over_marks(text: str, chars: np.ndarray) -> None:
+    """Extend word ends (in place) over combining marks that normalization dropped (BERT's
+    accent stripping), never into the next word (byte-level BPE makes a mark a word)."""
+    spans = chars.tolist()
+    for i, (_, end) in enumerate(spans):
+        limit = spans[i + 1][0] if i + 1 < len(spans) else len(text)
+        while end < limit and unicodedata.category(text[end]).startswith("M"):
             end += 1
-        ends[i] = end
+        chars[i, 1] = end
+
+
+def _has_space_edges(text: str, enc: Encoding) -> bool:
+    """Whether a word of ``enc`` is empty or starts or ends with whitespace."""
+    words = _word_ranges(TextTokenizer._word_ids(enc))
+    offsets = enc.offsets
+    for s, e in words.tolist():
+        span = text[offsets[s][0] : offsets[e - 1][1]]
+        if not span or span != span.strip():
+            return True
+    return False
+
+
+def _strip_spaces(
+    text: str, word_tokens: np.ndarray, word_chars: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Word spans without leading or trailing whitespace; whitespace-only words dropped (their
+    tokens stand for spaces, which belong to no word)."""
+    keep, chars = [], []
+    for k, (s, e) in enumerate(word_chars.tolist()):
+        while s < e and text[s].isspace():
+            s += 1
+        while e > s and text[e - 1].isspace():
+            e -= 1
+        if s < e:
+            keep.append(k)
+            chars.append((s, e))
+    spans = np.array(chars, dtype=np.int64).reshape(-1, 2)
+    return word_tokens.take(keep, axis=0), spans
+
+
+def _trim_token_starts(text: str, offsets: np.ndarray) -> None:
+    """Token offsets (in place) without the leading whitespace a "▁" or "Ġ" token stands for."""
+    for k, (s, e) in enumerate(offsets.tolist()):
+        start = s
+        while start < e and text[start].isspace():
+            start += 1
+        if start != s:
+            offsets[k, 0] = start
+
+
+def _with_prefix_space(tokenizer: Tokenizer) -> Tokenizer | None:
+    """A copy whose byte-level pre-tokenizer adds a prefix space, or None if nothing changes."""
+    spec = json.loads(tokenizer.to_str())
+    pre = spec.get("pre_tokenizer") or {}
+    changed = False
+    for part in [pre, *pre.get("pretokenizers", [])]:
+        if part.get("type") == "ByteLevel" and not part.get("add_prefix_space"):
+            part["add_prefix_space"] = True
+            changed = True
+    return Tokenizer.from_str(json.dumps(spec)) if changed else None
