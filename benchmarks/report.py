@@ -9,7 +9,7 @@ from typing import Any
 ENGINE_NAMES = {
     "usual": "transformers + PyTorch eager (usual recipe)",
     "flair": "flair TransformerWordEmbeddings",
-    "optimum": "optimum ORTModelForFeatureExtraction (int8 file)",
+    "optimum": "optimum ORTModelForFeatureExtraction (the same ONNX file)",
     "ctxembed-fp32": "ctxembed in-process, fp32",
     "ctxembed-int8": "ctxembed in-process, int8",
 }
@@ -50,8 +50,11 @@ def markdown(result: dict[str, Any]) -> str:
             "",
         ]
         lines += ["| engine | bank p50 ms (spread) | corpus texts/s (spread) |", "|---|---|---|"]
+        variant = model.get("variant", "int8")
         for key, name in ENGINE_NAMES.items():
-            e = model["engines"].get(key, {})
+            if key not in model["engines"]:  # e.g. int8 for a model whose int8 was refused
+                continue
+            e = model["engines"][key]
             if "error" in e:
                 lines.append(f"| {name} | not run: {e['error']} | |")
                 continue
@@ -92,7 +95,8 @@ def markdown(result: dict[str, Any]) -> str:
         if "error" not in e:
             bank = e["bank"]
             lines += [
-                f"- embed ÷ bare session.run (bank, int8, p50): **{_f(bank['ratio_p50'], 3)}×**"
+                f"- embed ÷ bare session.run (bank, {variant}, p50):"
+                f" **{_f(bank['ratio_p50'], 3)}×**"
                 f" ({_f(bank['embed']['p50_ms'], 3)} vs {_f(bank['bare_session']['p50_ms'], 3)}"
                 " ms)",
                 f"- corpus in calls of 32: embed {_f(e['corpus']['embed_words_per_s'], 0)} words/s,"
@@ -122,7 +126,7 @@ def markdown(result: dict[str, Any]) -> str:
         if r:
             lines.append(
                 f"- roofline: {r['flops_per_token'] / 1e6:.1f} MFLOP/token at"
-                f" {_f(r['mean_tokens_per_text'], 1)} tokens/text; ctxembed int8 reaches"
+                f" {_f(r['mean_tokens_per_text'], 1)} tokens/text; ctxembed {variant} reaches"
                 f" {_f(100 * r['fraction_of_int8_peak'], 1)}% of the int8 matmul rate"
                 f" ({_f(100 * r['fraction_of_fp32_peak'], 1)}% of fp32's)"
             )

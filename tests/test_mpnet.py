@@ -1,0 +1,116 @@
+"""all-mpnet-base-v2, real base-size weights (make test-slow: a 470 MB download, two exports).
+
+fp32 exports, validates against PyTorch, serves through `ctxembed serve` and gives the model's
+own words; int8 is refused with the fp32 fallback named (making int8 hold is a separate issue).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.harness import ProcessServer
+from ctxembed.client import Client
+from ctxembed.runtime import TextInput, WordEmbedder
+
+pytestmark = [pytest.mark.slow, pytest.mark.model]
+
+TEXTS = [
+    "I live near the bank of America",
+    "We had a picnic on the bank of the river.",
+    "Contextual embeddings from a base-size encoder, exported to ONNX.",
+    "東京は日本の首都です。 Emoji 🙂 and cafe\u0301 nai\u0308ve",
+]
+
+
+@pytest.fixture(scope="module")
+def mpnet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    from benchmarks.fetch_mpnet import default_cache, fetch
+    from ctxembed.export import ExportOptions, export_model
+
+    source = fetch(default_cache())
+    out = tmp_path_factory.mktemp("mpnet") / "all-mpnet-base-v2"
+    export_model(ExportOptions(model=str(source), out=out, quantize="none"))
+    return source, out
+
+
+def test_fp32_export_describes_a_base_size_model(mpnet: tuple[Path, Path]) -> None:
+    _, out = mpnet
+    with WordEmbedder.load(out, provider="cpu") as emb:
+        info = emb.info()
+    assert (info.model_type, info.dimension, info.num_layers) == ("mpnet", 768, 12)
+    assert info.max_tokens_per_window == 512  # 514 positions, numbered from padding_idx + 1
+    assert info.precision == "fp32"
+    figures = emb.manifest.variant("fp32").validation
+    assert figures["token_cosine_min"] >= 0.9999 and figures["word_cosine_min"] >= 0.9999
+
+
+def test_words_equal_pytorch_and_senses_separate(mpnet: tuple[Path, Path]) -> None:
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from ctxembed.export.validate import word_means
+
+    source, out = mpnet
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    model = AutoModel.from_pretrained(source).eval()
+    emb = WordEmbedder.load(out, provider="cpu")
+    for text, res in zip(TEXTS, emb.embed(TEXTS), strict=True):
+        enc = tokenizer(text, return_tensors="pt")
+        with torch.no_grad():
+            hidden = model(**enc).last_hidden_state[0].numpy()
+        expected = word_means(hidden, enc.word_ids(0))
+        assert res.vectors.shape == expected.shape
+        cos = (res.vectors * expected).sum(1) / (
+            np.linalg.norm(res.vectors, axis=1) * np.linalg.norm(expected, axis=1)
+        )
+        assert cos.min() >= 0.9999
+        assert all(text[w.start : w.end] == w.text for w in res.words)
+    cash, rates, river = (
+        emb.embed([TextInput(text=t, select_words=["bank"])])[0].vectors[0]
+        for t in (
+            "She withdrew cash from the bank",
+            "The bank raised its interest rates",
+            "We had a picnic on the bank of the river",
+        )
+    )
+    assert float(cash @ rates) > float(cash @ river)  # real weights: the money senses are closer
+
+
+def test_serves_through_the_command(mpnet: tuple[Path, Path]) -> None:
+    _, out = mpnet
+    server = ProcessServer(out)
+    try:
+        with Client(server.address) as client:
+            info = client.info()
+            remote = client.embed(TEXTS)
+    finally:
+        server.proc.send_signal(signal.SIGTERM)
+    code, log = server.finish()
+    assert code == 0, log
+    assert "serving all-mpnet-base-v2 (fp32," in log  # int8 absent: fp32 is served
+    assert info.model_type == "mpnet" and info.dimension == 768
+    local = WordEmbedder.load(out, provider="cpu").embed(TEXTS)
+    for r, loc in zip(remote, local, strict=True):
+        assert r.words == loc.words
+        np.testing.assert_allclose(r.vectors, loc.vectors, rtol=1e-4, atol=1e-4)
+
+
+def test_int8_is_refused_naming_the_fp32_fallback(mpnet: tuple[Path, Path], tmp_path: Path) -> None:
+    source, _ = mpnet
+    out = tmp_path / "int8"
+    proc = subprocess.run(
+        [sys.executable, "-m", "ctxembed.cli", "export", "--model", str(source), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert proc.returncode == 1
+    assert "validation failed; nothing was written" in proc.stderr
+    assert "int8 does not hold on this model" in proc.stderr and "--quantize none" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
