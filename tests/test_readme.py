@@ -10,6 +10,7 @@ import contextlib
 import io
 import re
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,6 +57,9 @@ def served(model_dir: Path) -> Iterator[ProcessServer]:
 def test_ready_lines(served: ProcessServer) -> None:
     quoted = [ln for ln in _block("", "ctxembed serving").splitlines() if ln.strip()]
     port = served.address.rsplit(":", 1)[1]
+    deadline = time.monotonic() + 10  # the try line follows the ready line
+    while not any(" INFO try: " in line for line in served.lines) and time.monotonic() < deadline:
+        time.sleep(0.05)
     printed = [
         line.split(" INFO ", 1)[1].strip().replace(f":{port}", ":50051")
         for line in served.lines

@@ -23,6 +23,7 @@ EXPORT_EXTRA_HINT = "pip install torch==2.13.0 'ctxembed[export]'"
 def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     # Light imports (the heavy ones happen inside the export's functions): defaults and
     # choices are defined once, in ExportOptions and the validation thresholds.
+    from ctxembed.export.int8_schemes import INT8_SCHEMES
     from ctxembed.export.pipeline import (
         INT8_ACTIVATIONS,
         LAYER_OUTPUTS,
@@ -65,11 +66,17 @@ def _add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     p.add_argument("--no-per-channel", action="store_true", help="per-tensor int8 weight scales")
     p.add_argument(
+        "--int8-scheme",
+        choices=INT8_SCHEMES,
+        default=d.int8_scheme,
+        help="which MatMuls get per-tensor int8 and which block-wise int8; auto (default):"
+        " the fastest scheme that meets the int8 thresholds (README, int8)",
+    )
+    p.add_argument(
         "--int8-activations",
         choices=INT8_ACTIVATIONS,
-        default=d.int8_activations,
-        help="int8 activation ranges: fixed from calibration texts, so batched rows get the"
-        " vectors they get alone (default), or computed per run over the batch",
+        default=None,
+        help="older flag: shorthand for --int8-scheme calibrated|dynamic",
     )
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     p.add_argument(
@@ -135,7 +142,7 @@ def _run_export(args: argparse.Namespace) -> int:
         force=args.force,
         quant_preset=args.quant_preset,
         per_channel=not args.no_per_channel,
-        int8_activations=args.int8_activations,
+        int8_scheme=args.int8_activations or args.int8_scheme,
         revision=args.revision,
         thresholds=thresholds,
     )
@@ -409,6 +416,10 @@ def _run_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _conflicting_int8_flags(args: argparse.Namespace) -> bool:
+    return bool(args.int8_activations) and args.int8_scheme not in ("auto", args.int8_activations)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ctxembed", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -422,6 +433,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     handlers = {"export": _run_export, "serve": _run_serve, "embed": _run_embed, "info": _run_info}
+    if args.command == "export" and _conflicting_int8_flags(args):
+        parser.error("--int8-activations is shorthand for --int8-scheme: give one of them")
     if args.command == "serve" and (args.tls_cert is None) != (args.tls_key is None):
         parser.error("--tls-cert and --tls-key go together: give both, or neither for plaintext")
     try:

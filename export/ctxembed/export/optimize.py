@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -81,17 +80,12 @@ def detect_cpu_preset() -> str:
     Without VNNI, x86 int8 matmuls go through u8×s8 instructions that saturate on signed weights,
     which corrupts outputs: the avx2 preset therefore uses unsigned weights.
     """
-    machine = platform.machine().lower()
-    if machine in ("arm64", "aarch64"):
+    from ctxembed.runtime.cpu import cpu_flags, is_arm
+
+    if is_arm():
         return "arm64"
-    flags: set[str] = set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    break
-    except OSError:
+    flags = cpu_flags()
+    if not flags:
         return "avx2"  # the safe choice: unsigned weights work everywhere
     if "avx512_vnni" in flags or "avx512vnni" in flags:
         return "avx512_vnni"

@@ -16,27 +16,24 @@ import hashlib
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from ctxembed.export.calibrate import calibration_feeds, freeze_activation_ranges
+from ctxembed.export.calibrate import calibration_feeds
 from ctxembed.export.errors import ExportError
+from ctxembed.export.int8_schemes import AUTO_ORDER, INT8_SCHEMES, Int8Scheme, build_int8
 from ctxembed.export.onnx_graph import export_onnx, num_layers
-from ctxembed.export.optimize import (
-    QuantPresetChoice,
-    detect_cpu_preset,
-    fuse,
-    quantize_int8,
-    to_fp16,
-)
+from ctxembed.export.optimize import QuantPresetChoice, detect_cpu_preset, fuse, to_fp16
 from ctxembed.export.progress import Steps
 from ctxembed.export.source import DEFAULT_MODEL, ModelSource, resolve_source
 from ctxembed.export.tokenizer_files import write_tokenizer
 from ctxembed.export.validate import (
     DEFAULT_THRESHOLDS,
+    Reference,
     Thresholds,
     build_references,
     compare_variant,
@@ -47,7 +44,8 @@ from ctxembed.runtime.manifest import MANIFEST_NAME, Manifest, Variant
 Target = Literal["cpu", "cuda"]
 Quantize = Literal["int8", "none"]
 LayerOutputs = Literal["last", "all"]
-# calibrated: fixed activation ranges (batchable, see calibrate.py) | dynamic: per run
+# The older flag: per-tensor activation ranges fixed (calibrated) or per run (dynamic);
+# shorthand for --int8-scheme calibrated|dynamic.
 Int8Activations = Literal["calibrated", "dynamic"]
 TARGETS: tuple[Target, ...] = get_args(Target)
 QUANTIZE: tuple[Quantize, ...] = get_args(Quantize)
@@ -78,7 +76,7 @@ class ExportOptions:
     force: bool = False
     quant_preset: QuantPresetChoice = "auto"  # auto: detected from this CPU
     per_channel: bool = True
-    int8_activations: Int8Activations = "calibrated"
+    int8_scheme: Int8Scheme = "auto"  # see int8_schemes.py
     revision: str | None = None
     thresholds: dict[str, Thresholds] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     models_root: Path = Path("models")
@@ -106,7 +104,7 @@ def _versions() -> dict[str, str]:
     return versions
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -129,7 +127,7 @@ def _check_options(opts: ExportOptions) -> None:
         ("--quantize", opts.quantize, QUANTIZE),
         ("--layers", opts.layers, LAYER_OUTPUTS),
         ("--quant-preset", opts.quant_preset, QUANT_PRESET_CHOICES),
-        ("--int8-activations", opts.int8_activations, INT8_ACTIVATIONS),
+        ("--int8-scheme", opts.int8_scheme, INT8_SCHEMES),
     ):
         if value not in choices:
             raise ExportError(f"{flag} must be one of {', '.join(choices)}, not {value!r}")
@@ -223,15 +221,20 @@ def _build(
         )  # config.json: lets optimum's ORT classes load the folder
     max_tokens = _max_tokens(source, tokenizer_max)
     graph_inputs, layer_outputs = _graph_io(fused.path, all_layers, source)
+    refs: list[Reference] = []  # PyTorch's outputs on the selection texts, computed once
+
+    def references() -> list[Reference]:
+        if not refs:
+            refs.extend(build_references(source.location, max_tokens, graph_inputs))
+        return refs
+
     if opts.target == "cpu" and opts.quantize == "int8":
         preset = detect_cpu_preset() if opts.quant_preset == "auto" else opts.quant_preset
-        how = f"{opts.int8_activations} activations, optimum preset {preset}"
+        how = f"scheme {opts.int8_scheme}, optimum preset {preset}"
         with steps.step(f"Quantizing to int8 ({how})"):
             int8 = tmp / "model_int8.onnx"
-            quant = quantize_int8(fused.path, int8, preset, opts.per_channel)
-            if opts.int8_activations == "calibrated":
-                feeds = calibration_feeds(tmp / tokenizer.file, graph_inputs, max_tokens)
-                quant |= freeze_activation_ranges(int8, int8, feeds)
+            feeds = calibration_feeds(tmp / tokenizer.file, graph_inputs, max_tokens)
+            quant = _int8_by_scheme(opts, fused.path, int8, preset, feeds, references)
             variants.append(
                 _variant("int8", int8.name, "int8", "cpu", tmp, {"fusions": fused.fusions}, quant)
             )
@@ -242,7 +245,7 @@ def _build(
     else:
         steps.done += 1
     with steps.step(f"Validating {len(variants)} variant(s) against PyTorch"):
-        variants = _validate(opts, source, variants, tmp, max_tokens, graph_inputs)
+        variants = _validate(opts, variants, tmp, references())
     shutil.rmtree(work, ignore_errors=True)
     manifest = Manifest(
         name=name,
@@ -300,26 +303,52 @@ def _variant(
         file=file,
         precision=precision,
         target=target,
-        sha256=_sha256(path),
+        sha256=file_sha256(path),
         size_bytes=path.stat().st_size,
         optimization=optimization,
         quantization=quantization,
     )
 
 
-def _validate(
+def _int8_by_scheme(
     opts: ExportOptions,
-    source: ModelSource,
-    variants: list[Variant],
-    folder: Path,
-    max_tokens: int,
-    graph_inputs: list[str],
+    fused: Path,
+    out: Path,
+    preset: str,
+    feeds: list[dict[str, Any]],
+    references: Callable[[], list[Reference]],
+) -> dict[str, Any]:
+    """Build the int8 graph of ``opts.int8_scheme``; for ``auto``, the first scheme of
+    AUTO_ORDER (fastest first) whose figures on the selection texts meet the thresholds."""
+    if opts.int8_scheme != "auto":
+        return build_int8(fused, out, opts.int8_scheme, preset, opts.per_channel, feeds)
+    thresholds = opts.thresholds.get("int8", Thresholds())
+    tried: dict[str, dict[str, float]] = {}
+    for scheme in AUTO_ORDER:
+        quant = build_int8(fused, out, scheme, preset, opts.per_channel, feeds)
+        figures = compare_variant(
+            load_session(out, ["CPUExecutionProvider"]), references(), thresholds
+        )
+        tried[scheme] = {k: figures[k] for k in ("word_cosine_mean", "word_cosine_min")}
+        verdict = "chosen" if figures["passed"] else "below the thresholds"
+        print(
+            f"      {scheme:14} word cosine mean {figures['word_cosine_mean']:.4f},"
+            f" worst {figures['word_cosine_min']:.4f}: {verdict}",
+            flush=True,
+        )
+        if figures["passed"]:
+            break
+    # When none passes, the last (most accurate) stays and validation reports it.
+    return quant | {"auto": {"order": list(AUTO_ORDER), "tried": tried}}
+
+
+def _validate(
+    opts: ExportOptions, variants: list[Variant], folder: Path, refs: list[Reference]
 ) -> list[Variant]:
     import onnxruntime as ort
     from tqdm import tqdm
 
     available = ort.get_available_providers()
-    refs = build_references(source.location, max_tokens, graph_inputs)
     results: dict[str, dict[str, Any]] = {}
     with tqdm(total=len(refs) * len(variants), unit="text", leave=False) as bar:
         for v in variants:
@@ -338,8 +367,15 @@ def _validate(
     if failed:
         hint = ""
         if failed == ["int8"]:
+            tried = (variants[-1].quantization or {}).get("auto", {}).get("tried", {})
+            best = "".join(
+                f"\n  {scheme:14} word cosine mean {f['word_cosine_mean']:.4f},"
+                f" worst {f['word_cosine_min']:.4f}"
+                for scheme, f in tried.items()
+            )
             hint = (
-                "\nint8 does not hold on this model; fp32 passed: export it alone with"
+                (f"\nint8 schemes tried:{best}" if best else "")
+                + "\nint8 does not hold on this model; fp32 passed: export it alone with"
                 " --quantize none (or lower --int8-word-mean/--int8-word-min knowingly)"
             )
         raise ValidationFailed(_failure_table(results), hint)

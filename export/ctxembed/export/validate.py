@@ -9,8 +9,11 @@ from typing import Any
 
 import numpy as np
 
-# The "bank" senses, non-ASCII scripts, multi-piece words and several lengths; the last text is
-# longer than any supported model's window and is truncated to it.
+# The selection set: what every variant is validated on, and what `--int8-scheme auto` chooses
+# by. Distinct from the calibration texts (calibration_texts.py) and from the corpus lines the
+# benchmarks report as held out. The "bank" senses, non-ASCII scripts (a third of the texts),
+# multi-piece words, code, numbers and several lengths; the last text is longer than any
+# supported model's window and is truncated to it.
 PROBE_TEXTS: tuple[str, ...] = (
     "I live near the bank of America",
     "I sat by the river bank",
@@ -24,6 +27,30 @@ PROBE_TEXTS: tuple[str, ...] = (
     "Contextual embeddings disambiguate antidisestablishmentarianism and unbelievably long words.",
     "ONNX Runtime executes transformer encoders quickly; quantization trades a little accuracy "
     "for a lot of speed on CPUs without specialised instructions, which matters at the edge.",
+    "The river bank flooded twice last spring, so the bank raised its insurance premiums.",
+    "Der Fluss trat über die Ufer, und die Bank am Marktplatz blieb drei Tage geschlossen.",
+    "El banco central subió los tipos de interés por cuarta vez este año.",
+    "Η τράπεζα ανακοίνωσε νέα μέτρα για τα στεγαστικά δάνεια.",
+    "서울의 봄은 짧지만 벚꽃이 피는 동안 강변 공원은 사람들로 가득하다.",
+    "मौसम विभाग ने अगले दो दिनों में भारी बारिश की चेतावनी जारी की है।",
+    "Ο κόσμος αλλάζει γρήγορα; Сегодня в Москве идёт снег, а завтра обещают оттепель.",
+    "def tokenize(text: str) -> list[str]: return text.lower().split()  # naive baseline",
+    "SELECT name, COUNT(*) FROM orders WHERE total > 100 GROUP BY name ORDER BY 2 DESC;",
+    "Error 503 at 2024-03-14T09:26:53Z: upstream timed out after 30000 ms (retry 3/5).",
+    "Patients receiving 5 mg/kg twice daily showed a 23.7% reduction in systolic pressure.",
+    "Her unbelievably meticulous, over-engineered microservice architecture never shipped.",
+    "ok",
+    "Why?",
+    "The defendant's counsel objected, but the judge overruled the objection without comment.",
+    "Photosynthesis converts light energy into chemical energy stored in glucose molecules.",
+    "Can you book a table for four at eight o'clock tonight, preferably near the window?",
+    "The orchestra tuned up, the lights dimmed, and a hush fell over the crowded auditorium.",
+    "Kubernetes restarts a pod whose liveness probe fails three times in a row.",
+    "🎉🎉 Congrats!!! 🥳 You did it — finally 🙌",
+    "naïve café coöperation résumé façade jalapeño piñata Zoë Brontë",
+    "The stock fell 4% after the CEO said supply-chain problems would persist into Q3.",
+    "Mixing scripts: Tokyo 東京, Moscow Москва, Cairo القاهرة, Athens Αθήνα.",
+    "A short sentence. Another one. And a third, with a comma, and a semicolon; done.",
     " ".join(["Word embeddings depend on their sentence, and long documents need windows."] * 60),
 )
 
@@ -39,7 +66,7 @@ class Thresholds:
 
 DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
     "fp32": Thresholds(token_min=0.9999, word_mean=0.9999, word_min=0.9999),
-    "int8": Thresholds(word_mean=0.985, word_min=0.95),
+    "int8": Thresholds(word_mean=0.995, word_min=0.98),
     "fp16": Thresholds(word_mean=0.999, word_min=0.99),
 }
 

@@ -36,10 +36,10 @@ class Variant:
     def dynamic_activation_scales(self) -> bool:
         """int8 whose activation scales are computed per run over the whole batch, so a row's
         result depends on the rows batched with it (exports before calibration, or
-        ``--int8-activations dynamic``)."""
+        ``--int8-scheme dynamic``). Calibrated and block-wise activations do not."""
         if self.precision != "int8":
             return False
-        return (self.quantization or {}).get("activations") != "calibrated"
+        return (self.quantization or {}).get("activations", "dynamic") == "dynamic"
 
 
 @dataclass(frozen=True)

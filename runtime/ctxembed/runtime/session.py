@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from ctxembed.runtime.cpu import has_vnni, is_arm
 from ctxembed.runtime.errors import ModelLoadError, ProviderUnavailable
 from ctxembed.runtime.manifest import Manifest, Variant
 from ctxembed.runtime.settings import EngineSettings
@@ -104,6 +105,28 @@ def _choose_variant(manifest: Manifest, provider: str, name: str | None) -> Vari
     raise ModelLoadError(f"model has no variant usable on {provider}")
 
 
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in text.split(".")[:3] if part.isdigit())
+
+
+def _check_int8_fits(variant: Variant, provider: str) -> None:
+    """An int8 graph needs the onnxruntime it was made for, and a VNNI one a VNNI CPU."""
+    quantization = variant.quantization or {}
+    needed = quantization.get("min_onnxruntime")
+    if needed and _version(onnxruntime_version()) < _version(str(needed)):
+        raise ModelLoadError(
+            f"the {variant.name} variant needs onnxruntime >= {needed} (block-wise int8),"
+            f" this is {onnxruntime_version()}: upgrade it, or pass variant fp32"
+        )
+    vnni_graph = quantization.get("preset") == "avx512_vnni" and provider == "cpu"
+    if vnni_graph and not is_arm() and not has_vnni():
+        log.warning(
+            "%s was quantized for CPUs with VNNI (preset avx512_vnni) and this CPU has"
+            " none: int8 products may saturate; re-export on this machine",
+            variant.file,
+        )
+
+
 class ModelSession:
     """ONNX Runtime sessions over one variant of a model folder.
 
@@ -117,6 +140,7 @@ class ModelSession:
     def __init__(self, model_dir: Path, manifest: Manifest, config: EngineSettings) -> None:
         provider = _resolve_provider(config.provider)
         self.variant = _choose_variant(manifest, provider, config.variant)
+        _check_int8_fits(self.variant, provider)
         self.threads = config.threads or physical_cores()
         self.path = model_dir / self.variant.file
         providers = [CUDA, CPU] if provider == "cuda" else [CPU]

@@ -1,0 +1,261 @@
+"""int8 schemes side by side: accuracy against PyTorch and speed against dynamic int8.
+
+    python -m benchmarks.bench_int8 [--models minilm,mpnet] [--rounds 3]     (make bench-int8)
+
+For each real model (all-MiniLM-L6-v2, embedded; all-mpnet-base-v2, fetched once) every scheme of
+``ctxembed.export.int8_schemes`` is built from the same fused fp32 graph, then measured:
+
+- accuracy: per-word cosine against PyTorch fp32 (the model's token states pooled per word the
+  way ctxembed pools them) on **held-out** texts: 150 corpus lines from line 4000 on, a third of
+  them non-ASCII. They were used neither for calibration (``calibration_texts.py``), nor for
+  choosing a scheme (the export's selection texts, ``validate.PROBE_TEXTS``), nor while the
+  schemes were designed (corpus lines 3000-3999);
+- speed, in interleaved rounds (the machine drifts): the bank sentence's ``embed`` p50 and corpus
+  texts/s in calls of 32, both in process; the reference is dynamic int8 on every MatMul with
+  this CPU's preset, with its rows batched (its fastest) and alone (how ctxembed runs it).
+
+Prints a table and writes benchmarks/results/int8.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.corpus import load_corpus
+from benchmarks.stats import percentiles
+
+ROOT = Path(__file__).resolve().parents[1]
+CACHE = ROOT / "benchmarks" / ".cache" / "int8"
+RESULTS = ROOT / "benchmarks" / "results"
+BANK = "I live near the bank of America"
+SCHEMES = ("dynamic", "calibrated", "smooth", "smooth-blockwise-ffn", "blockwise")
+GOAL = {"word_mean": 0.995, "word_min": 0.98, "speed_ratio": 0.85}
+
+
+def held_out(count: int = 150, start: int = 4000) -> list[str]:
+    """``count`` corpus lines from ``start``: two thirds ASCII, one third not, in corpus order."""
+    lines = load_corpus(start=start)
+    other = [t for t in lines if not t.isascii()][: count // 3]
+    plain = [t for t in lines if t.isascii()][: count - len(other)]
+    return plain + other
+
+
+def source_folder(model: str) -> Path:
+    if model == "minilm":
+        from ctxembed.export.source import embedded_model_dir
+
+        return embedded_model_dir()
+    from benchmarks.fetch_mpnet import default_cache, fetch
+
+    return fetch(default_cache())
+
+
+def fp32_export(model: str, source: Path) -> Path:
+    """The model exported fp32 only (cached): every scheme starts from its fused graph."""
+    from ctxembed.export import ExportOptions, export_model
+
+    out = CACHE / model / "fp32"
+    if not (out / "manifest.json").is_file():
+        export_model(ExportOptions(model=str(source), out=out, quantize="none", force=True))
+    return out
+
+
+def scheme_folder(fp32: Path, scheme: str) -> Path:
+    """A model folder whose int8 variant is ``scheme``, built from the fp32 export."""
+    from ctxembed.export.calibrate import calibration_feeds
+    from ctxembed.export.int8_schemes import build_int8
+    from ctxembed.export.optimize import detect_cpu_preset
+    from ctxembed.export.pipeline import file_sha256
+    from ctxembed.runtime.manifest import Variant, load_manifest
+
+    manifest = load_manifest(fp32)
+    out = fp32.parent / scheme
+    if (out / "manifest.json").is_file():
+        return out
+    tmp = fp32.parent / f".{scheme}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(fp32, tmp)
+    feeds = calibration_feeds(tmp / "tokenizer.json", manifest.graph_inputs, manifest.max_tokens)
+    int8 = tmp / "model_int8.onnx"
+    facts = build_int8(tmp / "model.onnx", int8, scheme, detect_cpu_preset(), True, feeds)  # type: ignore[arg-type]
+    variant = Variant(
+        "int8", int8.name, "int8", "cpu", file_sha256(int8), int8.stat().st_size, {}, facts
+    )
+    updated = replace(manifest, variants=[*manifest.variants, variant])
+    (tmp / "manifest.json").write_text(updated.to_json(), encoding="utf-8")
+    tmp.rename(out)
+    return out
+
+
+def references(source: Path, embedder: Any, texts: Sequence[str]) -> list[np.ndarray]:
+    """PyTorch fp32 word vectors: its last hidden state on ctxembed's own token ids, pooled
+    over each word's tokens (the tokenizer itself is tested against transformers elsewhere)."""
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(source).eval()
+    out = []
+    for text in texts:
+        prepared = embedder.prepare([text]).texts[0]
+        ids = torch.tensor(prepared.tokens.framed_ids[None, :], dtype=torch.long)
+        with torch.no_grad():
+            hidden = model(input_ids=ids, attention_mask=torch.ones_like(ids))
+        states = hidden.last_hidden_state[0].numpy()
+        p = prepared.tokens.num_prefix
+        out.append(np.stack([states[p + s : p + e].mean(0) for s, e in prepared.units.tokens]))
+    return out
+
+
+def accuracy(embedder: Any, texts: Sequence[str], refs: Sequence[np.ndarray]) -> dict[str, float]:
+    cosines = []
+    for text, ref in zip(texts, refs, strict=True):
+        vectors = embedder.embed([text])[0].vectors
+        den = np.linalg.norm(vectors, axis=1) * np.linalg.norm(ref, axis=1)
+        cosines.append((vectors * ref).sum(1) / den)
+    c = np.concatenate(cosines)
+    return {"word_mean": float(c.mean()), "word_min": float(c.min()), "words": int(c.size)}
+
+
+def speed(embedder: Any, corpus: Sequence[str], reps: int) -> tuple[float, float]:
+    """(bank embed p50 ms, corpus texts/s in calls of 32)."""
+    for _ in range(20):
+        embedder.embed([BANK])
+    samples = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        embedder.embed([BANK])
+        samples.append(time.perf_counter() - start)
+    embedder.embed(list(corpus[:32]))
+    start = time.perf_counter()
+    for i in range(0, len(corpus), 32):
+        embedder.embed(list(corpus[i : i + 32]))
+    return percentiles(samples)["p50_ms"], len(corpus) / (time.perf_counter() - start)
+
+
+def run_model(model: str, rounds: int, reps: int, corpus_texts: int) -> dict[str, Any]:
+    from ctxembed.runtime import WordEmbedder
+
+    source = source_folder(model)
+    fp32 = fp32_export(model, source)
+    texts = held_out()
+    corpus = load_corpus(corpus_texts)
+    print(f"== {model}: building the schemes ...", flush=True)
+    folders = {scheme: scheme_folder(fp32, scheme) for scheme in SCHEMES}
+    load: dict[str, Callable[[], Any]] = {
+        "fp32": lambda: WordEmbedder.load(fp32, "cpu", variant="fp32"),
+        "dynamic (rows alone)": lambda: WordEmbedder.load(folders["dynamic"], "cpu"),
+        **{
+            s: (lambda s=s: WordEmbedder.load(folders[s], "cpu", isolate_rows=False))  # type: ignore[misc]
+            for s in SCHEMES
+        },
+    }
+    embedders = {name: make() for name, make in load.items()}
+    refs = references(source, embedders["fp32"], texts)
+    rows: dict[str, dict[str, Any]] = {}
+    for name, emb in embedders.items():
+        rows[name] = accuracy(emb, texts, refs)
+        rows[name]["quantization"] = (
+            emb.session.variant.quantization or {} if name != "fp32" else {}
+        )
+    timings: dict[str, list[tuple[float, float]]] = {name: [] for name in embedders}
+    for r in range(rounds):
+        for name, emb in embedders.items():  # interleaved: each round measures every scheme
+            timings[name].append(speed(emb, corpus, reps))
+        print(f"   round {r + 1}/{rounds} done", flush=True)
+    base_p50 = statistics.median(t[0] for t in timings["dynamic"])
+    base_tps = statistics.median(t[1] for t in timings["dynamic"])
+    for name, values in timings.items():
+        p50 = statistics.median(v[0] for v in values)
+        tps = statistics.median(v[1] for v in values)
+        row = rows[name]
+        row |= {
+            "bank_p50_ms": p50,
+            "texts_per_s": tps,
+            "bank_speed_ratio": base_p50 / p50,
+            "texts_speed_ratio": tps / base_tps,
+        }
+        row["meets_accuracy"] = row["word_mean"] >= GOAL["word_mean"] and (
+            row["word_min"] >= GOAL["word_min"]
+        )
+        row["meets_speed"] = (
+            min(row["bank_speed_ratio"], row["texts_speed_ratio"]) >= (GOAL["speed_ratio"])
+        )
+    return {"held_out_texts": len(texts), "corpus_texts": len(corpus), "schemes": rows}
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        f"# int8 schemes ({result['started']})",
+        "",
+        f"Machine: {result['machine']['cpu']}, flags {', '.join(result['machine']['cpu_flags'])};"
+        f" onnxruntime {result['machine']['versions'].get('onnxruntime', '?')}."
+        f" Goal: word cosine vs PyTorch mean ≥ {GOAL['word_mean']}, worst ≥ {GOAL['word_min']},"
+        f" at ≥ {GOAL['speed_ratio']:.0%} of dynamic int8's speed (rows batched) on both figures."
+        " Held-out texts: 150 corpus lines from line 4000 (a third non-ASCII). Speed: medians of"
+        f" {result['rounds']} interleaved rounds, in process, default threads.",
+    ]
+    for model, r in result["models"].items():
+        lines += [
+            "",
+            f"## {model}",
+            "",
+            "| scheme | word cos mean | worst word | bank p50 ms | × dynamic | corpus texts/s"
+            " (calls of 32) | × dynamic | goal |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name, row in r["schemes"].items():
+            goal = (
+                "met"
+                if row["meets_accuracy"] and row["meets_speed"]
+                else "accuracy only"
+                if row["meets_accuracy"]
+                else "speed only"
+                if row["meets_speed"]
+                else "—"
+            )
+            lines.append(
+                f"| {name} | {row['word_mean']:.4f} | {row['word_min']:.4f} |"
+                f" {row['bank_p50_ms']:.2f} | {row['bank_speed_ratio']:.2f} |"
+                f" {row['texts_per_s']:.1f} | {row['texts_speed_ratio']:.2f} | {goal} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from benchmarks.machine import machine_facts
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="minilm,mpnet")
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--reps", type=int, default=100, help="bank calls per round")
+    p.add_argument("--corpus-texts", type=int, default=256)
+    args = p.parse_args(argv)
+    result: dict[str, Any] = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": machine_facts(),
+        "rounds": args.rounds,
+        "goal": GOAL,
+        "models": {},
+    }
+    for model in args.models.split(","):
+        result["models"][model] = run_model(model, args.rounds, args.reps, args.corpus_texts)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "int8.json").write_text(json.dumps(result, indent=1) + "\n")
+    md = markdown(result)
+    (RESULTS / "int8.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,133 @@
+"""Step 5, int8: how each MatMul is quantized, per scheme.
+
+Per-tensor int8 (``MatMulInteger``/``QAttention``, optimum's preset for this CPU) is the fastest
+kind, but one scale per activation tensor cannot hold the outlier channels of BERT-family
+activations. Two remedies, combined by the schemes: smoothing (``smooth.py``: outliers moved
+into the weights, one ``Mul`` per input, full int8 speed) and ``MatMulNBits`` with 8-bit weights
+and ``accuracy_level=4``, which quantizes activations per block of each row (holds any outlier;
+slower kernels at the row counts of short texts). The FFN down-projection (after GELU) carries
+the largest outliers. The schemes, fastest first:
+
+- ``smooth``: every weight MatMul's input smoothed, then per-tensor int8 with calibrated ranges.
+- ``smooth-blockwise-ffn``: the FFN down-projections block-wise, the rest as ``smooth``.
+- ``blockwise``: every weight MatMul block-wise; a fused ``Attention`` stays per-tensor
+  (calibrated).
+- ``calibrated``: per-tensor int8 with calibrated ranges, no smoothing (the 0.1 default).
+- ``dynamic``: per-tensor int8 with scales computed per run over the whole batch (older still:
+  a text's vectors then depend on its neighbours, so its windows run alone).
+
+Calibrated, smoothed and block-wise graphs all give a row the same vectors in any batch.
+``auto`` takes the first of ``AUTO_ORDER`` that meets the validation thresholds on the selection
+texts. The order is by speed, measured once (``make bench-int8``, README "int8"), never timed
+during an export, so the choice is repeatable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import numpy as np
+
+from ctxembed.export.calibrate import freeze_activation_ranges
+from ctxembed.export.optimize import quantize_int8
+from ctxembed.export.smooth import smooth_graph
+
+Int8Scheme = Literal["auto", "smooth", "smooth-blockwise-ffn", "blockwise", "calibrated", "dynamic"]
+INT8_SCHEMES: tuple[Int8Scheme, ...] = get_args(Int8Scheme)
+AUTO_ORDER: tuple[Int8Scheme, ...] = ("smooth", "smooth-blockwise-ffn", "blockwise")
+BLOCK_SIZE = 128  # accuracy held at 32-256 on both real models (design texts); 256 ran 5% faster
+# but gave one row different vectors in a batch than alone (tested): 128 keeps rows exact
+BLOCKWISE_BITS = 8
+ACCURACY_LEVEL = 4  # int8 activations, quantized per block
+# The x86 kernel for 8-bit MatMulNBits arrived in onnxruntime 1.22 (microsoft/onnxruntime#24491).
+BLOCKWISE_MIN_ONNXRUNTIME = "1.22"
+GELU_OPS = {"Gelu", "BiasGelu", "FastGelu"}
+
+
+def weight_matmuls(model: Any) -> list[Any]:
+    """MatMul nodes whose second input is a weight (activation × activation ones excluded)."""
+    weights = {init.name for init in model.graph.initializer}
+    return [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+
+
+def gelu_outputs(model: Any) -> set[str]:
+    """Tensors a GELU writes: the FFN down-projections read them."""
+    return {o for n in model.graph.node if n.op_type in GELU_OPS for o in n.output}
+
+
+def blockwise_nodes(model: Any, scheme: Int8Scheme) -> list[str]:
+    """Names of the MatMuls a scheme quantizes block-wise."""
+    if scheme == "blockwise":
+        return [n.name for n in weight_matmuls(model)]
+    if scheme == "smooth-blockwise-ffn":
+        ffn = gelu_outputs(model)
+        return [n.name for n in weight_matmuls(model) if n.input[0] in ffn]
+    return []
+
+
+def quantize_blockwise(source: Path, out: Path, nodes: Sequence[str]) -> None:
+    """``nodes`` as MatMulNBits (8-bit weights per block, int8 activations per block)."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    model = onnx.load(str(source))
+    wanted = set(nodes)
+    others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in wanted]
+    quantizer = MatMulNBitsQuantizer(
+        model,
+        bits=BLOCKWISE_BITS,
+        block_size=BLOCK_SIZE,
+        is_symmetric=True,
+        accuracy_level=ACCURACY_LEVEL,
+        nodes_to_exclude=others,
+    )
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
+
+
+def build_int8(
+    fused: Path,
+    out: Path,
+    scheme: Int8Scheme,
+    preset: str,
+    per_channel: bool,
+    feeds: Sequence[dict[str, np.ndarray]],
+) -> dict[str, Any]:
+    """Write ``out``, the int8 graph of ``scheme`` (not ``auto``); returns the manifest facts."""
+    import onnx
+
+    if scheme == "auto":
+        raise ValueError("build_int8 builds one scheme; pick it from AUTO_ORDER")
+    graph = onnx.load(str(fused), load_external_data=False)
+    nodes = blockwise_nodes(graph, scheme)
+    source, smoothing = fused, {}
+    if scheme.startswith("smooth"):
+        smoothing = smooth_graph(
+            fused, out, feeds, skip_inputs=gelu_outputs(graph) if nodes else ()
+        )
+        source = out
+    if nodes:
+        quantize_blockwise(source, out, nodes)
+        source = out
+    facts = quantize_int8(source, out, preset, per_channel) | smoothing
+    facts["scheme"] = scheme
+    if nodes:
+        facts |= {
+            "blockwise_nodes": nodes,
+            "blockwise": {
+                "bits": BLOCKWISE_BITS,
+                "block_size": BLOCK_SIZE,
+                "accuracy_level": ACCURACY_LEVEL,
+            },
+            "min_onnxruntime": BLOCKWISE_MIN_ONNXRUNTIME,
+        }
+    if scheme == "dynamic":
+        return facts
+    graph = onnx.load(str(out), load_external_data=False)
+    if any(n.op_type == "DynamicQuantizeLinear" for n in graph.graph.node):
+        facts |= freeze_activation_ranges(out, out, feeds)
+    else:  # every weight MatMul is block-wise: no per-tensor activation left to calibrate
+        facts["activations"] = "blockwise"
+    return facts
