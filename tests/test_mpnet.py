@@ -1,7 +1,7 @@
 """all-mpnet-base-v2, real base-size weights (make test-slow: a 470 MB download, two exports).
 
 fp32 exports, validates against PyTorch, serves through `ctxembed serve` and gives the model's
-own words; int8 is refused with the fp32 fallback named (making int8 hold is a separate issue).
+own words; the default int8 export picks a scheme that holds on held-out texts.
 """
 
 from __future__ import annotations
@@ -101,7 +101,12 @@ def test_serves_through_the_command(mpnet: tuple[Path, Path]) -> None:
         np.testing.assert_allclose(r.vectors, loc.vectors, rtol=1e-4, atol=1e-4)
 
 
-def test_int8_is_refused_naming_the_fp32_fallback(mpnet: tuple[Path, Path], tmp_path: Path) -> None:
+def test_int8_holds_on_held_out_texts(mpnet: tuple[Path, Path], tmp_path: Path) -> None:
+    """`ctxembed export` (int8 by default) picks a scheme that meets the goal on held-out
+    texts: word cosine vs PyTorch mean >= 0.995, worst >= 0.98 (benchmarks/bench_int8.py)."""
+    from benchmarks.bench_int8 import GOAL, accuracy, held_out, references
+    from ctxembed.export.int8_schemes import AUTO_ORDER
+
     source, _ = mpnet
     out = tmp_path / "int8"
     proc = subprocess.run(
@@ -110,7 +115,10 @@ def test_int8_is_refused_naming_the_fp32_fallback(mpnet: tuple[Path, Path], tmp_
         text=True,
         timeout=1200,
     )
-    assert proc.returncode == 1
-    assert "validation failed; nothing was written" in proc.stderr
-    assert "int8 does not hold on this model" in proc.stderr and "--quantize none" in proc.stderr
-    assert "Traceback" not in proc.stderr and not out.exists()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    emb = WordEmbedder.load(out, provider="cpu")
+    quantization = emb.session.variant.quantization or {}
+    assert emb.session.variant.name == "int8" and quantization["scheme"] in AUTO_ORDER
+    texts = held_out()
+    figures = accuracy(emb, texts, references(source, emb, texts))
+    assert figures["word_mean"] >= GOAL["word_mean"] and figures["word_min"] >= GOAL["word_min"]
