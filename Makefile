@@ -75,8 +75,7 @@ mpnet: $(STAMP)
 
 # Regenerate the committed protobuf code (tests/test_proto.py checks it is current).
 proto: $(STAMP)
-	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=runtime --pyi_out=runtime \
-		--grpc_python_out=runtime proto/ctxembed/v1/embedder.proto
+	$(BIN)/python proto/generate.py runtime
 
 clean:
 	rm -rf $(VENV) $(BENCH_VENV) .mypy_cache .ruff_cache .pytest_cache

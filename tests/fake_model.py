@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
 
-from ctxembed.runtime.errors import InvalidInput
+from ctxembed.runtime.errors import Abandoned, InvalidInput
+from ctxembed.runtime.stages import response_bytes
 from ctxembed.runtime.types import (
     DType,
     EmbedOptions,
@@ -47,6 +49,11 @@ class FakePrepared(NamedTuple):
     options: EmbedOptions
     layer_ids: tuple[int, ...]
 
+    def response_bytes(self, dimension: int) -> int:
+        return response_bytes(
+            self.options, dimension, [(len(t.spans), len(t.spans), len(t.text)) for t in self.texts]
+        )
+
 
 def word_vector(word: str, position: int, layer: int) -> np.ndarray:
     """The fake model's state for one word: what a test expects back (mean pooling, 1 layer)."""
@@ -54,9 +61,12 @@ def word_vector(word: str, position: int, layer: int) -> np.ndarray:
 
 
 class FakeModel:
-    def __init__(self, limits: Limits | None = None, parallel_runs: int = 1) -> None:
+    def __init__(
+        self, limits: Limits | None = None, parallel_runs: int = 1, seconds_per_text: float = 0.0
+    ) -> None:
         self._limits = limits or Limits()
         self._parallel_runs = parallel_runs
+        self.seconds_per_text = seconds_per_text  # one "ONNX run" per text
         self.gate = threading.Event()
         self.gate.set()
         self.entered = threading.Event()  # set when a forward starts
@@ -118,14 +128,26 @@ class FakeModel:
                 wanted = {w.lower() for w in inp.select_words}
                 keep = [k for k in keep if text[slice(*words[k])].lower() in wanted]
             texts.append(FakeText(text, tuple(words[k] for k in keep), tuple(keep)))
+        tokens = sum(len(t.spans) for t in texts)  # a word is a token here
+        if tokens > self._limits.max_tokens_per_request:
+            limit = self._limits.max_tokens_per_request
+            raise InvalidInput("inputs", f"have {tokens} tokens; the limit is {limit}", limit)
         return FakePrepared(tuple(texts), options, layer_ids)
 
-    def forward(self, texts: Sequence[FakeText], layer_ids: Sequence[int]) -> list[np.ndarray]:
+    def forward(
+        self,
+        texts: Sequence[FakeText],
+        layer_ids: Sequence[int],
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[np.ndarray]:
         self.entered.set()
         self.gate.wait(30)
-        self.texts_computed += len(texts)
         states = []
-        for t in texts:
+        for t in texts:  # one "run" per text: the question is asked between runs
+            if should_stop is not None and should_stop():
+                raise Abandoned()
+            time.sleep(self.seconds_per_text)
+            self.texts_computed += 1
             rows = [
                 [word_vector(t.text[s:e], k, layer) for (s, e), k in zip(t.spans, t.indices)]
                 for layer in layer_ids

@@ -10,20 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_generated_code_is_current(tmp_path: Path) -> None:
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "grpc_tools.protoc",
-            "-Iproto",
-            f"--python_out={tmp_path}",
-            f"--pyi_out={tmp_path}",
-            f"--grpc_python_out={tmp_path}",
-            "proto/ctxembed/v1/embedder.proto",
-        ],
-        cwd=ROOT,
-        check=True,
-    )
+    subprocess.run([sys.executable, "proto/generate.py", str(tmp_path)], cwd=ROOT, check=True)
     for name in ("embedder_pb2.py", "embedder_pb2.pyi", "embedder_pb2_grpc.py"):
         fresh = (tmp_path / "ctxembed" / "v1" / name).read_text()
         committed = (ROOT / "runtime" / "ctxembed" / "v1" / name).read_text()

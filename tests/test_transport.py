@@ -26,7 +26,7 @@ from benchmarks.harness import ThreadServer
 from ctxembed.client import CHANNEL_OPTIONS, AsyncClient, Client, WordNotFound
 from ctxembed.runtime import InvalidInput, Limits, ModelInfo, TextInput
 from ctxembed.service.settings import BatcherSettings
-from ctxembed.service.status import field_violations
+from ctxembed.service.status import field_violations, field_violations_of
 from ctxembed.v1 import embedder_pb2 as pb
 from ctxembed.v1 import embedder_pb2_grpc as pb_grpc
 
@@ -69,19 +69,76 @@ def test_stream_in_order(server: ThreadServer) -> None:
     batches = [[f"sentence number {i} about a bank"] for i in range(40)]
     with Client(server.address) as client:
         results = list(client.embed_stream(batches))
-    assert [res.words[2].text for [res] in results] == [str(i) for i in range(40)]
+    assert [r[0].words[2].text for r in results if isinstance(r, list)] == [
+        str(i) for i in range(40)
+    ]
 
 
-def test_stream_error_names_request(stub: pb_grpc.WordEmbedderStub) -> None:
+def test_a_bad_stream_request_fails_alone(
+    stub: pb_grpc.WordEmbedderStub, server: ThreadServer
+) -> None:
     requests = [
         pb.EmbedRequest(inputs=[pb.TextInput(text="fine")]),
         pb.EmbedRequest(inputs=[pb.TextInput(text="")]),
+        pb.EmbedRequest(inputs=[pb.TextInput(text="still fine")]),
     ]
-    with pytest.raises(grpc.RpcError) as info:
-        list(stub.EmbedStream(iter(requests)))
+    responses = list(stub.EmbedStream(iter(requests)))  # the stream ends OK
+    assert [r.HasField("error") for r in responses] == [False, True, False]
+    error = responses[1].error
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "stream request 1" in error.message and not responses[1].results
+    assert field_violations_of(error) == [("inputs[0].text", "must not be empty")]
+    assert len(responses[2].results) == 1
+    batches = [["fine"], [""], ["still fine"]]
+    with Client(server.address) as client:
+        got = list(client.embed_stream(batches, errors="return"))
+        assert isinstance(got[1], InvalidInput) and got[1].field == "inputs[0].text"
+        assert isinstance(got[2], list) and got[2][0].words[1].text == "fine"
+        with pytest.raises(InvalidInput, match="must not be empty"):
+            list(client.embed_stream(batches))  # errors="raise", the default
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"\x0a\x04\x0a\x02\xc0\x80", b"\xff\xff\xff\xff", b"\x0a\x10short"],
+    ids=["invalid-utf8-text", "garbage", "truncated"],
+)
+def test_undecodable_bytes_are_invalid_argument(
+    server: ThreadServer, payload: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    with grpc.insecure_channel(server.address) as channel:
+        raw = channel.unary_unary("/ctxembed.v1.WordEmbedder/Embed", lambda b: b, lambda b: b)
+        with caplog.at_level("WARNING"), pytest.raises(grpc.RpcError) as info:
+            raw(payload, timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "stream request 1" in str(info.value.details())
-    assert field_violations(info.value) == [("inputs[0].text", "must not be empty")]
+    [(field, _)] = field_violations(info.value)
+    assert field == "request"
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_request_token_limit_names_itself() -> None:
+    server = ThreadServer(FakeModel(limits=Limits(max_tokens_per_request=10)))
+    try:
+        with Client(server.address) as client:
+            with pytest.raises(InvalidInput) as info:
+                client.embed(["one two three four five six", "seven eight nine ten eleven"])
+            assert len(client.embed(["one two three"])[0].words) == 3
+            assert client.info().limits.max_tokens_per_request == 10
+        assert info.value.field == "inputs" and "limit is 10" in info.value.description
+    finally:
+        server.stop()
+
+
+def test_a_response_too_large_to_send_is_refused_before_computing() -> None:
+    model = FakeModel(limits=Limits(max_tokens_per_request=10**6))
+    server = ThreadServer(model, max_send_mb=1)
+    try:
+        with Client(server.address) as client, pytest.raises(InvalidInput) as info:
+            client.embed(["a " * 49_999])  # 50,000 words
+        assert info.value.field == "inputs" and "limit is 1 MiB" in info.value.description
+        assert model.texts_computed == 0
+    finally:
+        server.stop()
 
 
 def _request(**kwargs: object) -> pb.EmbedRequest:
@@ -361,3 +418,47 @@ def test_embed_rejects_bad_layers(capsys: pytest.CaptureFixture[str]) -> None:
         main(["embed", "text", "--layers", "abc"])
     assert info.value.code == 2
     assert "argument --layers: expected comma-separated integers" in capsys.readouterr().err
+
+
+def test_cancelled_calls_leave_the_queue_at_once() -> None:
+    """Dead clients' queued work must not refuse live clients."""
+    model = FakeModel()
+    server = _blocked_server(model, batcher=BatcherSettings(max_queue=2))
+    request = pb.EmbedRequest(inputs=[pb.TextInput(text="bank")])
+    try:
+        with grpc.insecure_channel(server.address, options=CHANNEL_OPTIONS) as channel:
+            stub = pb_grpc.WordEmbedderStub(channel)
+            running = stub.Embed.future(request)
+            assert model.entered.wait(10)
+            doomed = [stub.Embed.future(request) for _ in range(2)]
+            time.sleep(0.2)
+            assert server.running.batcher.queued == 2
+            for call in doomed:
+                call.cancel()
+            time.sleep(0.2)
+            assert server.running.batcher.queued == 0
+            live = stub.Embed.future(request)  # accepted: the queue has room again
+            model.gate.set()
+            assert len(live.result().results) == len(running.result().results) == 1
+        assert server.running.batcher.stats.rejected_overload == 0
+    finally:
+        model.gate.set()
+        server.stop()
+
+
+def test_work_stops_between_runs_once_the_caller_is_gone() -> None:
+    model = FakeModel(seconds_per_text=0.05)
+    server = ThreadServer(model)
+    request = pb.EmbedRequest(inputs=[pb.TextInput(text=f"text {i}") for i in range(40)])
+    try:
+        with grpc.insecure_channel(server.address, options=CHANNEL_OPTIONS) as channel:
+            stub = pb_grpc.WordEmbedderStub(channel)
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Embed(request, timeout=0.3)
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            time.sleep(0.5)
+            assert model.texts_computed < 20  # 2 s of work stopped soon after 0.3 s
+            assert server.running.batcher.stats.abandoned_batches == 1
+            assert len(stub.Embed(pb.EmbedRequest(inputs=[pb.TextInput(text="ok")])).results) == 1
+    finally:
+        server.stop()

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ctxembed.runtime.errors import CtxembedError
 from ctxembed.runtime.settings import EngineSettings
@@ -274,8 +276,39 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--max-chars", type=_at_least(1), default=lim.max_chars_per_text)
     p.add_argument("--max-words", type=_at_least(1), default=lim.max_words_per_text)
     p.add_argument("--max-spans", type=_at_least(1), default=lim.max_spans_per_text)
+    p.add_argument(
+        "--max-tokens-per-request",
+        type=_at_least(1),
+        default=lim.max_tokens_per_request,
+        help="tokens of all the texts of one request (default %(default)s)",
+    )
     p.add_argument("--tls-cert", type=Path, default=None, help="PEM certificate (with --tls-key)")
     p.add_argument("--tls-key", type=Path, default=None, help="PEM private key (with --tls-cert)")
+    p.add_argument(
+        "--tls-client-ca",
+        type=Path,
+        default=None,
+        help="mutual TLS: require client certificates signed by this CA (PEM)",
+    )
+    p.add_argument(
+        "--auth-token-file",
+        type=Path,
+        default=_env_path("CTXEMBED_AUTH_TOKEN_FILE"),
+        help="accepted bearer tokens, one per line, re-read on SIGHUP"
+        " (default: $CTXEMBED_AUTH_TOKEN_FILE; none: no authentication)",
+    )
+    p.add_argument(
+        "--open-reflection",
+        action="store_true",
+        help="serve reflection without a token (health never needs one)",
+    )
+    p.add_argument(
+        "--health-port",
+        type=_at_least(0, 65535),
+        default=d.health_port,
+        help="also serve the health service alone, in plaintext, on this port (for probes"
+        " that cannot present a client certificate)",
+    )
     p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
 
 
@@ -307,6 +340,7 @@ def _run_serve(args: argparse.Namespace) -> int:
                 max_chars_per_text=args.max_chars,
                 max_words_per_text=args.max_words,
                 max_spans_per_text=args.max_spans,
+                max_tokens_per_request=args.max_tokens_per_request,
             ),
         ),
         batcher=BatcherSettings(
@@ -317,6 +351,10 @@ def _run_serve(args: argparse.Namespace) -> int:
         grace_s=args.grace,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        auth_token_file=args.auth_token_file,
+        open_reflection=args.open_reflection,
+        health_port=args.health_port,
     )
     try:
         return event_loop.run(serve(settings), args.event_loop)
@@ -335,21 +373,55 @@ def _layers(text: str) -> list[int]:
         ) from None
 
 
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name)
+    return Path(value) if value else None
+
+
+def _add_connection(p: argparse.ArgumentParser, timeout: float) -> None:
+    """How a client command reaches the server: address, TLS files, token, timeout."""
+    p.add_argument("--server", default="127.0.0.1:50051")
+    p.add_argument("--tls-ca", type=Path, default=None, help="CA that signed the server (PEM)")
+    p.add_argument("--tls-cert", type=Path, default=None, help="client certificate (mutual TLS)")
+    p.add_argument("--tls-key", type=Path, default=None, help="client key (mutual TLS)")
+    p.add_argument(
+        "--token",
+        default=os.environ.get("CTXEMBED_TOKEN"),
+        help="bearer token (default: $CTXEMBED_TOKEN)",
+    )
+    p.add_argument("--timeout", type=float, default=timeout)
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from ctxembed.client import Client
+
+    return Client(
+        args.server,
+        timeout=args.timeout,
+        token=args.token,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+    )
+
+
 def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("embed", help="embed a text through a running server")
     p.add_argument("text")
     p.add_argument("--word", default=None, help="only this word (every occurrence)")
-    p.add_argument("--server", default="127.0.0.1:50051")
+    _add_connection(p, timeout=30.0)
     p.add_argument("--pooling", default=EmbedOptions.pooling, choices=POOLINGS)
     p.add_argument(
         "--layers", type=_layers, default=[-1], help="comma-separated layers (default -1)"
     )
     p.add_argument("--normalize", action="store_true")
     p.add_argument("--json", action="store_true", help="print JSON with the full vectors")
-    p.add_argument("--timeout", type=float, default=30.0)
     q = sub.add_parser("info", help="what a running server serves")
-    q.add_argument("--server", default="127.0.0.1:50051")
-    q.add_argument("--timeout", type=float, default=10.0)
+    _add_connection(q, timeout=10.0)
+    h = sub.add_parser("health", help="exit 0 if the server is SERVING, 1 if not (exec probes)")
+    h.add_argument("target", nargs="?", default=None, help="host:port (default: --server)")
+    h.add_argument("--service", default="", help="service to check (default: the server)")
+    _add_connection(h, timeout=5.0)
 
 
 def _run_embed(args: argparse.Namespace) -> int:
@@ -358,11 +430,9 @@ def _run_embed(args: argparse.Namespace) -> int:
     import grpc
     import numpy as np
 
-    from ctxembed.client import Client
-
     inp = TextInput(text=args.text, select_words=[args.word] if args.word else [])
     try:
-        with Client(args.server, timeout=args.timeout) as client:
+        with _client(args) as client:
             [res] = client.embed(
                 [inp], pooling=args.pooling, layers=args.layers, normalize=args.normalize
             )
@@ -404,10 +474,8 @@ def _run_info(args: argparse.Namespace) -> int:
 
     import grpc
 
-    from ctxembed.client import Client
-
     try:
-        with Client(args.server, timeout=args.timeout) as client:
+        with _client(args) as client:
             info = client.info()
     except grpc.RpcError as error:
         print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
@@ -418,6 +486,21 @@ def _run_info(args: argparse.Namespace) -> int:
 
 def _conflicting_int8_flags(args: argparse.Namespace) -> bool:
     return bool(args.int8_activations) and args.int8_scheme not in ("auto", args.int8_activations)
+
+
+def _run_health(args: argparse.Namespace) -> int:
+    import grpc
+
+    if args.target:
+        args.server = args.target
+    try:
+        with _client(args) as client:
+            status = client.health(args.service)
+    except grpc.RpcError as error:
+        print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+        return 1
+    print(status)
+    return 0 if status == "SERVING" else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -432,7 +515,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"export": _run_export, "serve": _run_serve, "embed": _run_embed, "info": _run_info}
+    handlers = {
+        "export": _run_export,
+        "serve": _run_serve,
+        "embed": _run_embed,
+        "info": _run_info,
+        "health": _run_health,
+    }
     if args.command == "export" and _conflicting_int8_flags(args):
         parser.error("--int8-activations is shorthand for --int8-scheme: give one of them")
     if args.command == "serve" and (args.tls_cert is None) != (args.tls_key is None):

@@ -10,8 +10,9 @@ Thin: importing it loads grpc, protobuf and numpy, never onnxruntime or tokenize
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import numpy as np
@@ -19,7 +20,7 @@ import numpy as np
 from ctxembed.runtime.errors import CtxembedError, InvalidInput
 from ctxembed.runtime.types import InputLike, ModelInfo, TextInput, WordEmbeddings
 from ctxembed.service.convert import info_from_pb, request_from_call, results_from_response
-from ctxembed.service.status import field_violations
+from ctxembed.service.status import field_violations, field_violations_of
 from ctxembed.v1 import embedder_pb2 as pb
 from ctxembed.v1 import embedder_pb2_grpc as pb_grpc
 
@@ -34,6 +35,33 @@ class WordNotFound(CtxembedError, LookupError):
     """``embed_word`` asked for a word (occurrence) that the text does not contain."""
 
 
+class ClientConfigError(CtxembedError, ValueError):
+    """The client's own settings do not fit together."""
+
+
+class StreamRequestFailed(CtxembedError):
+    """One request of a stream failed (its response carried ``error``); the stream went on."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(f"{code.name}: {message}")
+        self.code = code
+        self.message = message
+
+
+def stream_error(response: pb.EmbedResponse) -> CtxembedError | None:
+    """The typed error a stream response carries, or None: ``InvalidInput`` for bad input
+    (with its field), ``StreamRequestFailed`` for anything else."""
+    if not response.HasField("error"):
+        return None
+    status = response.error
+    bad = field_violations_of(status)
+    if bad:
+        field, description = bad[0]
+        return InvalidInput(field, description)
+    code = next((c for c in grpc.StatusCode if c.value[0] == status.code), grpc.StatusCode.UNKNOWN)
+    return StreamRequestFailed(code, status.message)
+
+
 def _raise_typed(error: grpc.RpcError) -> None:
     """Turn INVALID_ARGUMENT back into the engine's InvalidInput; re-raise anything else."""
     if error.code() == grpc.StatusCode.INVALID_ARGUMENT:  # type: ignore[attr-defined]
@@ -44,6 +72,39 @@ def _raise_typed(error: grpc.RpcError) -> None:
     raise error
 
 
+PathLike = str | Path
+
+
+def channel_credentials(
+    credentials: grpc.ChannelCredentials | None = None,
+    tls_ca: PathLike | None = None,
+    tls_cert: PathLike | None = None,
+    tls_key: PathLike | None = None,
+) -> grpc.ChannelCredentials | None:
+    """TLS credentials from PEM files: ``tls_ca`` verifies the server (default: the system's
+    roots), ``tls_cert`` and ``tls_key`` are the client's certificate for mutual TLS."""
+    files = (tls_ca, tls_cert, tls_key)
+    if credentials is not None:
+        if any(files):
+            raise ClientConfigError("pass credentials= or the tls_* files, not both")
+        return credentials
+    if (tls_cert is None) != (tls_key is None):
+        raise ClientConfigError(
+            "--tls-cert and --tls-key go together (the client's certificate and key)"
+        )
+    if not any(files):
+        return None
+    ca, cert, key = (Path(f).read_bytes() if f is not None else None for f in files)
+    return grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=key, certificate_chain=cert
+    )
+
+
+def bearer(token: str | None) -> tuple[tuple[str, str], ...] | None:
+    """Call metadata carrying ``token`` (``--auth-token-file`` on the server)."""
+    return (("authorization", f"Bearer {token}"),) if token else None
+
+
 def make_channel(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.Channel:
     if credentials is not None:
         return grpc.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
@@ -51,17 +112,24 @@ def make_channel(target: str, credentials: grpc.ChannelCredentials | None) -> gr
 
 
 class Client:
-    """Blocking client. ``credentials`` (e.g. ``grpc.ssl_channel_credentials()``) enables TLS."""
+    """Blocking client. TLS: ``tls_ca`` (the server's CA), and ``tls_cert``/``tls_key`` for
+    mutual TLS, or ``credentials`` built by hand; ``token`` is sent as a bearer token."""
 
     def __init__(
         self,
         target: str = DEFAULT_TARGET,
         *,
         timeout: float | None = 30.0,
+        token: str | None = None,
+        tls_ca: PathLike | None = None,
+        tls_cert: PathLike | None = None,
+        tls_key: PathLike | None = None,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.timeout = timeout
-        self._channel = make_channel(target, credentials)
+        self._metadata = bearer(token)
+        creds = channel_credentials(credentials, tls_ca, tls_cert, tls_key)
+        self._channel = make_channel(target, creds)
         self._stub = pb_grpc.WordEmbedderStub(self._channel)
 
     def __enter__(self) -> Client:
@@ -79,7 +147,9 @@ class Client:
         """Like ``WordEmbedder.embed``: pooling, layers, layer_combine, normalize, dtype..."""
         request = request_from_call(inputs, **options)
         try:
-            response = self._stub.Embed(request, timeout=timeout or self.timeout)
+            response = self._stub.Embed(
+                request, timeout=timeout or self.timeout, metadata=self._metadata
+            )
         except grpc.RpcError as error:
             _raise_typed(error)
             raise
@@ -96,20 +166,45 @@ class Client:
         return res.vectors[occurrence]
 
     def embed_stream(
-        self, batches: Iterable[Sequence[InputLike]], **options: Any
-    ) -> Iterator[list[WordEmbeddings]]:
-        """Bulk work over one stream: one result list per batch, in order."""
+        self,
+        batches: Iterable[Sequence[InputLike]],
+        *,
+        errors: Literal["raise", "return"] = "raise",
+        **options: Any,
+    ) -> Iterator[list[WordEmbeddings] | CtxembedError]:
+        """Bulk work over one stream: one result list per batch, in order. A batch that fails
+        raises its typed error (``errors="raise"``), or is yielded as that error in place of
+        its results while the stream goes on (``errors="return"``)."""
         requests = (request_from_call(batch, **options) for batch in batches)
         try:
-            for response in self._stub.EmbedStream(requests, timeout=self.timeout):
-                yield results_from_response(response)
+            stream = self._stub.EmbedStream(requests, timeout=self.timeout, metadata=self._metadata)
+            for response in stream:
+                failure = stream_error(response)
+                if failure is None:
+                    yield results_from_response(response)
+                elif errors == "return":
+                    yield failure
+                else:
+                    raise failure
         except grpc.RpcError as error:
             _raise_typed(error)
             raise
 
     def info(self) -> ModelInfo:
         """What the server serves: model, dimension, layers, limits, versions."""
-        return info_from_pb(self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout))
+        request = pb.GetModelInfoRequest()
+        return info_from_pb(
+            self._stub.GetModelInfo(request, timeout=self.timeout, metadata=self._metadata)
+        )
+
+    def health(self, service: str = "") -> str:
+        """The health service's status for ``service`` ("" = the server): SERVING, ..."""
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        request = health_pb2.HealthCheckRequest(service=service)
+        response = stub.Check(request, timeout=self.timeout, metadata=self._metadata)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
 
 class AsyncClient:
@@ -120,11 +215,17 @@ class AsyncClient:
         target: str = DEFAULT_TARGET,
         *,
         timeout: float | None = 30.0,
+        token: str | None = None,
+        tls_ca: PathLike | None = None,
+        tls_cert: PathLike | None = None,
+        tls_key: PathLike | None = None,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
         self.timeout = timeout
-        if credentials is not None:
-            self._channel = grpc.aio.secure_channel(target, credentials, options=CHANNEL_OPTIONS)
+        self._metadata = bearer(token)
+        creds = channel_credentials(credentials, tls_ca, tls_cert, tls_key)
+        if creds is not None:
+            self._channel = grpc.aio.secure_channel(target, creds, options=CHANNEL_OPTIONS)
         else:
             self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.WordEmbedderStub(self._channel)
@@ -143,24 +244,38 @@ class AsyncClient:
     ) -> list[WordEmbeddings]:
         request = request_from_call(inputs, **options)
         try:
-            response = await self._stub.Embed(request, timeout=timeout or self.timeout)
+            response = await self._stub.Embed(
+                request, timeout=timeout or self.timeout, metadata=self._metadata
+            )
         except grpc.RpcError as error:
             _raise_typed(error)
             raise
         return results_from_response(response)
 
     async def embed_stream(
-        self, batches: Iterable[Sequence[InputLike]], **options: Any
-    ) -> AsyncIterator[list[WordEmbeddings]]:
+        self,
+        batches: Iterable[Sequence[InputLike]],
+        *,
+        errors: Literal["raise", "return"] = "raise",
+        **options: Any,
+    ) -> AsyncIterator[list[WordEmbeddings] | CtxembedError]:
         requests = [request_from_call(batch, **options) for batch in batches]
-        call = self._stub.EmbedStream(iter(requests), timeout=self.timeout)
+        call = self._stub.EmbedStream(iter(requests), timeout=self.timeout, metadata=self._metadata)
         try:
             async for response in call:
-                yield results_from_response(response)
+                failure = stream_error(response)
+                if failure is None:
+                    yield results_from_response(response)
+                elif errors == "return":
+                    yield failure
+                else:
+                    raise failure
         except grpc.RpcError as error:
             _raise_typed(error)
             raise
 
     async def info(self) -> ModelInfo:
-        message = await self._stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout)
+        message = await self._stub.GetModelInfo(
+            pb.GetModelInfoRequest(), timeout=self.timeout, metadata=self._metadata
+        )
         return info_from_pb(message)

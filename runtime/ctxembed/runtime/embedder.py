@@ -11,19 +11,20 @@ drives separately so that one ONNX run serves many requests:
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from ctxembed.runtime.errors import InvalidInput, ModelLoadError
+from ctxembed.runtime.errors import Abandoned, InvalidInput, ModelLoadError
 from ctxembed.runtime.manifest import Manifest, load_manifest
 from ctxembed.runtime.pooling import combine_layers, l2_normalize, pool
 from ctxembed.runtime.selection import Units, all_words, select_spans, select_words
 from ctxembed.runtime.session import ModelSession, onnxruntime_version
 from ctxembed.runtime.settings import EngineSettings
+from ctxembed.runtime.stages import response_bytes
 from ctxembed.runtime.tokenization import TextTokenizer, TokenizedText
 from ctxembed.runtime.types import (
     DType,
@@ -55,6 +56,17 @@ class Prepared(NamedTuple):
     texts: tuple[PreparedText, ...]
     options: EmbedOptions
     layer_ids: tuple[int, ...]  # absolute hidden-state indices
+
+    def response_bytes(self, dimension: int) -> int:
+        """About how large the call's results are once serialized (vectors dominate)."""
+        return response_bytes(
+            self.options,
+            dimension,
+            [
+                (t.units.tokens.shape[0], t.tokens.num_tokens, len(t.tokens.text))
+                for t in self.texts
+            ],
+        )
 
 
 class WordEmbedder:
@@ -217,6 +229,15 @@ class WordEmbedder:
         for i, inp in enumerate(coerced):
             check_input(inp, f"inputs[{i}]", self.limits)
         tokenized = self._tokenize(coerced)
+        total = sum(t.num_tokens for t in tokenized)
+        if total > self.limits.max_tokens_per_request:
+            limit = self.limits.max_tokens_per_request
+            raise InvalidInput(
+                "inputs",
+                f"have {total} tokens in all; the limit is {limit} per request:"
+                " split them over several requests",
+                limit,
+            )
         texts = tuple(
             self._prepare_text(inp, tok, f"inputs[{i}]")
             for i, (inp, tok) in enumerate(zip(coerced, tokenized))
@@ -257,12 +278,18 @@ class WordEmbedder:
         return PreparedText(tok, units, plan)
 
     # -- stage 2 -----------------------------------------------------------------------------
-    def forward(self, texts: Sequence[PreparedText], layer_ids: Sequence[int]) -> list[np.ndarray]:
+    def forward(
+        self,
+        texts: Sequence[PreparedText],
+        layer_ids: Sequence[int],
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[np.ndarray]:
         """Token states per text, shape (len(layer_ids), tokens, dim), float32.
 
         Windows of all texts are sorted by length and padded per batch of similar lengths
         (dynamic-int8 windows run alone, see ``isolate_rows``), so a text's vectors do not
-        depend on what it is batched with.
+        depend on what it is batched with. ``should_stop`` is asked between ONNX runs; when it
+        says yes, ``Abandoned`` is raised (the caller has gone: stop spending CPU on it).
         """
         outputs = [self.manifest.layer_outputs[i] for i in layer_ids]
         if len(texts) == 1 and texts[0].plan.count == 1 and texts[0].units.tokens.shape[0]:
@@ -292,11 +319,28 @@ class WordEmbedder:
                 mask[r, : end + len(self._suffix)] = 1
             feeds.append((ids, mask))
         # Several runs go out in parallel (see ModelSession.run_many); scatter as they return.
-        for batch, result in zip(batches, self.session.run_many(feeds, outputs)):
+        for batch, result in zip(batches, self._run(feeds, outputs, should_stop)):
             for r, row in enumerate(batch):
                 t, w, s, _ = rows[row]
                 self._scatter(texts[t], w, s, [out[r] for out in result], states[t], n_prefix)
         return states
+
+    def _run(
+        self,
+        feeds: list[tuple[np.ndarray, np.ndarray]],
+        outputs: list[str],
+        should_stop: Callable[[], bool] | None,
+    ) -> Iterator[list[np.ndarray]]:
+        """The runs' results in order; with ``should_stop``, in rounds of parallel runs with the
+        question asked before each round."""
+        if should_stop is None:
+            yield from self.session.run_many(feeds, outputs)
+            return
+        step = self.session.parallel_runs
+        for start in range(0, len(feeds), step):
+            if should_stop():
+                raise Abandoned()
+            yield from self.session.run_many(feeds[start : start + step], outputs)
 
     def _forward_alone(self, text: PreparedText, outputs: list[str]) -> np.ndarray:
         """One text in one window (most requests): no bucketing, and no copy of the states,

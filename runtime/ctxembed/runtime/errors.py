@@ -27,3 +27,7 @@ class ModelLoadError(CtxembedError):
 
 class ProviderUnavailable(CtxembedError):
     """The requested execution provider (e.g. CUDA) is not available in this install."""
+
+
+class Abandoned(CtxembedError):
+    """Work stopped between ONNX runs because nobody waits for its result any more."""

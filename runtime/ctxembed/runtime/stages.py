@@ -7,13 +7,14 @@ protocol, and so does the tests' fake model, which lets transport tests run with
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 
 from ctxembed.runtime.types import (
     DType,
+    EmbedOptions,
     InputLike,
     LayerCombine,
     Limits,
@@ -31,6 +32,10 @@ class PreparedCall(Protocol):
 
     @property
     def layer_ids(self) -> tuple[int, ...]: ...
+
+    def response_bytes(self, dimension: int) -> int:
+        """About how many bytes the results take once serialized."""
+        ...
 
 
 class WordEmbeddingModel(Protocol):
@@ -58,8 +63,14 @@ class WordEmbeddingModel(Protocol):
         """Validate and tokenize; raises ``InvalidInput`` naming the field."""
         ...
 
-    def forward(self, texts: Sequence[Any], layer_ids: Sequence[int]) -> list[np.ndarray]:
-        """Token states of the prepared texts (of any number of calls), for these layers."""
+    def forward(
+        self,
+        texts: Sequence[Any],
+        layer_ids: Sequence[int],
+        should_stop: Callable[[], bool] | None = None,
+    ) -> list[np.ndarray]:
+        """Token states of the prepared texts (of any number of calls), for these layers;
+        raises ``Abandoned`` between runs once ``should_stop()`` is true."""
         ...
 
     def finish(
@@ -69,3 +80,20 @@ class WordEmbeddingModel(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def response_bytes(
+    options: EmbedOptions, dimension: int, texts: Sequence[tuple[int, int, int]]
+) -> int:
+    """Serialized size estimate of results with (units, tokens, characters) per text: each
+    vector, ~16 bytes a word, the words' text, and ~24 bytes a token with include_tokens."""
+    width = dimension * (2 if options.pooling == "first_last" else 1)
+    if options.layer_combine == "concat":
+        width *= max(1, len(options.layers))
+    item = 2 if options.dtype == "float16" else 4
+    total = 0
+    for units, tokens, chars in texts:
+        total += units * (width * item + 16) + 4 * chars
+        if options.include_tokens:
+            total += tokens * 24
+    return total

@@ -5,8 +5,10 @@ is reached, or the batch is as large as the previous one, or ``max_wait`` passes
 prepare → forward → finish for the whole batch in an executor thread, up to ``max_inflight``
 batches at once (ONNX Runtime has its own threads; see ``ModelSession``). A lone client never
 waits: the wait applies only while the previous batch showed concurrency. Cancelled requests
-and requests whose deadline passed are dropped before they run; a full queue refuses new
-requests instead of growing.
+and requests whose deadline passed are dropped before they run, and stop counting against the
+queue limit at once; a batch whose every caller has gone stops between ONNX runs; a full queue
+refuses new requests instead of growing; a request whose response could not be sent is refused
+before it is computed.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from ctxembed.runtime.errors import InvalidInput
+from ctxembed.runtime.errors import Abandoned, InvalidInput
 from ctxembed.runtime.stages import PreparedCall, WordEmbeddingModel
 from ctxembed.runtime.types import WordEmbeddings
 from ctxembed.service.convert import EmbedCall
@@ -43,6 +45,7 @@ class BatcherStats:
     dropped_cancelled: int = 0
     dropped_deadline: int = 0
     rejected_overload: int = 0
+    abandoned_batches: int = 0  # stopped between ONNX runs: every caller had gone
     texts: int = 0
     queue_s: float = 0.0
     prepare_s: float = 0.0
@@ -59,9 +62,15 @@ class BatcherStats:
 class _Job:
     call: EmbedCall
     future: asyncio.Future[list[WordEmbeddings]]
-    deadline: float | None  # loop.time() by which the client stops waiting
+    deadline: float | None  # time.monotonic() by which the client stops waiting
     enqueued: float
     est_tokens: int
+    queued: bool = True  # counted in MicroBatcher.queued until dequeued or cancelled
+
+    def gone(self, now: float) -> bool:
+        """The caller no longer waits (cancelled, or its deadline passed). Read from the
+        executor thread too: a stale answer only delays the stop to the next ONNX run."""
+        return self.future.done() or (self.deadline is not None and now >= self.deadline)
 
 
 class MicroBatcher:
@@ -71,6 +80,8 @@ class MicroBatcher:
         self.max_batch_tokens = settings.max_batch_tokens
         self.max_wait = settings.max_wait_ms / 1000.0
         self.max_queue = settings.max_queue
+        self.max_response_bytes = settings.max_response_bytes
+        self._dimension = model.info().dimension
         # Batches computed at once: one batch's tokenize and pool (Python, holding the GIL)
         # overlap another's ONNX runs, instead of leaving the cores idle between runs.
         self.max_inflight = settings.max_inflight or model.parallel_runs
@@ -80,6 +91,7 @@ class MicroBatcher:
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
         self._last_batch = 1
+        self._pending = 0  # queued jobs whose caller still waits
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run_forever())
@@ -99,15 +111,21 @@ class MicroBatcher:
 
     @property
     def queued(self) -> int:
-        return self._queue.qsize()
+        """Queued requests whose callers still wait (what ``max_queue`` limits)."""
+        return self._pending
+
+    def _unqueue(self, job: _Job) -> None:
+        if job.queued:
+            job.queued = False
+            self._pending -= 1
 
     async def submit(self, call: EmbedCall, timeout: float | None) -> list[WordEmbeddings]:
         """Queue a request and wait for its results; raises Overloaded when the queue is full."""
-        if self._queue.qsize() >= self.max_queue:
+        if self._pending >= self.max_queue:
             self.stats.rejected_overload += 1
             raise Overloaded()
         loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = time.monotonic()
         job = _Job(
             call,
             loop.create_future(),
@@ -115,8 +133,12 @@ class MicroBatcher:
             now,
             int(call.num_chars * TOKENS_PER_CHAR) + 2 * len(call.inputs),
         )
+        # A cancelled RPC cancels the future: the job leaves the count at once, and is
+        # skipped when the batcher reaches it.
+        job.future.add_done_callback(lambda _: self._unqueue(job))
+        self._pending += 1
         self._queue.put_nowait(job)
-        return await job.future  # a cancelled RPC cancels this future: the job is then skipped
+        return await job.future
 
     async def _collect(self) -> list[_Job]:
         loop = asyncio.get_running_loop()
@@ -147,9 +169,10 @@ class MicroBatcher:
             except BaseException:
                 slots.release()
                 raise
-            now = loop.time()
+            now = time.monotonic()
             live = []
             for job in batch:
+                self._unqueue(job)
                 if job.future.done():  # cancelled by the client
                     self.stats.dropped_cancelled += 1
                 elif job.deadline is not None and now >= job.deadline:
@@ -183,8 +206,11 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         try:
             outcomes, (prepare_s, run_s, pool_s, texts) = await loop.run_in_executor(
-                self._executor, self._compute, [j.call for j in jobs]
+                self._executor, self._compute, jobs
             )
+        except Abandoned as exc:  # every caller left while it ran: nobody to answer
+            self.stats.abandoned_batches += 1
+            return [exc] * len(jobs)
         except Exception as exc:  # a bug: fail this batch, keep serving
             log.exception("batch failed")
             return [exc] * len(jobs)
@@ -198,7 +224,7 @@ class MicroBatcher:
         return outcomes
 
     def _compute(
-        self, calls: Sequence[EmbedCall]
+        self, jobs: Sequence[_Job]
     ) -> tuple[list[list[WordEmbeddings] | Exception], tuple[float, float, float, int]]:
         """prepare each request, one forward for all of them, finish each (executor thread);
         also the seconds each stage took, and the texts."""
@@ -206,16 +232,24 @@ class MicroBatcher:
         t0 = time.perf_counter()
         outcomes: list[list[WordEmbeddings] | Exception] = []
         prepared: list[tuple[int, PreparedCall]] = []
-        for i, call in enumerate(calls):
+        for i, job in enumerate(jobs):
             try:
-                prepared.append((i, emb.prepare(call.inputs, **call.options)))
+                call = emb.prepare(job.call.inputs, **job.call.options)
+                self._check_response_size(call)
+                prepared.append((i, call))
                 outcomes.append([])
             except InvalidInput as exc:
                 outcomes.append(exc)
         t1 = time.perf_counter()
         layers = sorted({layer for _, p in prepared for layer in p.layer_ids})
         texts = [t for _, p in prepared for t in p.texts]
-        states = emb.forward(texts, layers) if texts else []
+        live = [jobs[i] for i, _ in prepared]
+
+        def everyone_gone() -> bool:
+            now = time.monotonic()
+            return all(job.gone(now) for job in live)
+
+        states = emb.forward(texts, layers, should_stop=everyone_gone) if texts else []
         t2 = time.perf_counter()
         start = 0
         for i, p in prepared:
@@ -224,3 +258,15 @@ class MicroBatcher:
             start += count
         t3 = time.perf_counter()
         return outcomes, (t1 - t0, t2 - t1, t3 - t2, len(texts))
+
+    def _check_response_size(self, call: PreparedCall) -> None:
+        """Refuse before computing a response larger than the server may send."""
+        size = call.response_bytes(self._dimension)
+        if size > self.max_response_bytes:
+            mib = 1024 * 1024
+            raise InvalidInput(
+                "inputs",
+                f"the response would take {size / mib:.0f} MiB; the limit is"
+                f" {self.max_response_bytes / mib:.0f} MiB: send fewer inputs per request",
+                self.max_response_bytes,
+            )

@@ -190,6 +190,7 @@ _LIMIT_FIELDS = (
     "max_words_per_text",
     "max_spans_per_text",
     "max_select_words",
+    "max_tokens_per_request",
 )
 _INFO_FIELDS = (
     "source_model",

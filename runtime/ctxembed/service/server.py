@@ -7,7 +7,7 @@ import json
 import logging
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -16,12 +16,12 @@ from grpc_reflection.v1alpha import reflection
 
 from ctxembed.runtime.embedder import WordEmbedder
 from ctxembed.runtime.stages import WordEmbeddingModel
+from ctxembed.service.auth import TokenAuth
 from ctxembed.service.batcher import MicroBatcher
 from ctxembed.service.event_loop import running_loop_name
 from ctxembed.service.servicer import WordEmbedderServicer
 from ctxembed.service.settings import ServeError, ServerSettings
 from ctxembed.v1 import embedder_pb2 as pb
-from ctxembed.v1 import embedder_pb2_grpc as pb_grpc
 
 log = logging.getLogger("ctxembed.service")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["WordEmbedder"].full_name
@@ -37,11 +37,16 @@ class RunningServer:
     port: int
     address: str
     owns_model: bool = False  # loaded by start_server, so closed by shutdown
+    auth: TokenAuth | None = None
+    health_server: grpc.aio.Server | None = None  # --health-port: health alone, plaintext
+    health_port: int | None = None
 
     async def shutdown(self, grace_s: float) -> None:
         """NOT_SERVING first, then refuse new calls and let in-flight ones finish."""
         await self.health.enter_graceful_shutdown()
         await self.server.stop(grace_s)
+        if self.health_server is not None:
+            await self.health_server.stop(None)
         await self.batcher.close()
         if self.owns_model:
             self.model.close()
@@ -66,11 +71,19 @@ async def start_server(
         if settings.model_dir is None:
             raise ServeError("no model: pass --model-dir")
         model = WordEmbedder.load(settings.model_dir, settings=settings.engine)
-    batcher = MicroBatcher(model, settings.batcher)
-    server = grpc.aio.server(options=channel_options(settings))
-    pb_grpc.add_WordEmbedderServicer_to_server(WordEmbedderServicer(model, batcher), server)
+    # The batcher refuses, before computing it, a response larger than the server may send.
+    batcher_settings = replace(settings.batcher, max_response_bytes=settings.max_send_mb * MiB)
+    batcher = MicroBatcher(model, batcher_settings)
+    auth = None
+    if settings.auth_token_file is not None:
+        auth = TokenAuth(settings.auth_token_file, settings.open_reflection)
+    server = grpc.aio.server(
+        options=channel_options(settings), interceptors=[auth] if auth is not None else None
+    )
+    WordEmbedderServicer(model, batcher).add_to_server(server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health_server = None
     reflection.enable_server_reflection(
         (
             SERVICE_NAME,
@@ -80,14 +93,19 @@ async def start_server(
         server,
     )
     address = f"{settings.host}:{settings.port}"
+    health_port = None
     try:
-        if settings.tls_cert is not None and settings.tls_key is not None:
-            creds = grpc.ssl_server_credentials(
-                [(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())]
-            )
+        creds = _server_credentials(settings)
+        if creds is not None:
             port = server.add_secure_port(address, creds)
         else:
             port = server.add_insecure_port(address)
+        if settings.health_port is not None:
+            # Kubernetes probes send no certificate and no token: health alone, plaintext.
+            health_server = grpc.aio.server(options=channel_options(settings))
+            health_pb2_grpc.add_HealthServicer_to_server(health, health_server)
+            where = f"{settings.host}:{settings.health_port}"
+            health_port = health_server.add_insecure_port(where)
     except (RuntimeError, OSError) as exc:
         # so_reuseport is off: a port already in use fails here instead of being shared.
         if owns_model:
@@ -95,10 +113,27 @@ async def start_server(
         raise ServeError(f"cannot listen on {address}: {exc}") from None
     batcher.start()
     await server.start()
+    if health_server is not None:
+        await health_server.start()
     for service in ("", SERVICE_NAME):
         await health.set(service, health_pb2.HealthCheckResponse.SERVING)
     address = f"{settings.host}:{port}"
-    return RunningServer(server, health, batcher, model, port, address, owns_model)
+    return RunningServer(
+        server, health, batcher, model, port, address, owns_model, auth, health_server, health_port
+    )
+
+
+def _server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    try:
+        pair = (settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())
+        client_ca = settings.tls_client_ca.read_bytes() if settings.tls_client_ca else None
+    except OSError as exc:
+        raise ServeError(f"cannot read a TLS file: {exc}") from None
+    return grpc.ssl_server_credentials(
+        [pair], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
 
 
 async def serve(settings: ServerSettings) -> int:
@@ -125,6 +160,8 @@ async def serve(settings: ServerSettings) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if running.auth is not None:
+        loop.add_signal_handler(signal.SIGHUP, running.auth.reload)
     await stop.wait()
     log.info("ctxembed stopping: finishing in-flight requests (grace %.1f s)", settings.grace_s)
     await running.shutdown(settings.grace_s)

@@ -13,6 +13,7 @@ from importlib import metadata
 from typing import Any
 
 import grpc
+from google.rpc import status_pb2
 
 from ctxembed.runtime.errors import InvalidInput
 from ctxembed.runtime.stages import WordEmbeddingModel
@@ -24,6 +25,21 @@ from ctxembed.v1 import embedder_pb2_grpc as pb_grpc
 
 log = logging.getLogger("ctxembed.service")
 Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _rpc_status(status: grpc.Status) -> status_pb2.Status:
+    """The google.rpc.Status behind a grpc.Status (code, message and details)."""
+    for key, value in status.trailing_metadata or ():
+        if key == "grpc-status-details-bin":
+            return status_pb2.Status.FromString(value)
+    return status_pb2.Status(code=status.code.value[0], message=status.details or "")
+
+
+def _consume(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
+
+
 STREAM_WINDOW = 16  # stream requests in flight at once (responses still go out in order)
 
 
@@ -35,6 +51,43 @@ def server_version() -> str:
         return "unknown"
 
 
+class Malformed:
+    """What the deserializer returns for bytes that are not a valid message: the handler answers
+    INVALID_ARGUMENT instead of grpcio logging a traceback and answering UNKNOWN."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+def _safe_parse(message: type[Any]) -> Any:
+    def parse(data: bytes) -> Any:
+        try:
+            return message.FromString(data)
+        except Exception as exc:  # protobuf's DecodeError, or bytes that are not UTF-8 text
+            _warn_malformed(exc)
+            return Malformed(exc)
+
+    return parse
+
+
+_last_malformed_warning = 0.0
+
+
+def _warn_malformed(exc: Exception) -> None:
+    """At most one warning a minute: a client sending garbage must not flood the log."""
+    global _last_malformed_warning
+    now = time.monotonic()
+    if now - _last_malformed_warning >= 60.0:
+        _last_malformed_warning = now
+        log.warning("a request could not be decoded (%s); answered INVALID_ARGUMENT", exc)
+
+
+def _checked(request: Any) -> pb.EmbedRequest:
+    if isinstance(request, Malformed):
+        raise InvalidInput("request", f"is not a valid ctxembed.v1 message: {request.error}")
+    return request  # type: ignore[no-any-return]
+
+
 class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
     def __init__(self, model: WordEmbeddingModel, batcher: MicroBatcher) -> None:
         self.model = model
@@ -42,7 +95,30 @@ class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
         self.limits = model.limits
         self._info = info_to_pb(replace(model.info(), server_version=server_version()))
 
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        """Register the methods with decoders that never raise (see ``Malformed``)."""
+        handlers = {
+            "Embed": grpc.unary_unary_rpc_method_handler(
+                self.Embed,
+                request_deserializer=_safe_parse(pb.EmbedRequest),
+                response_serializer=pb.EmbedResponse.SerializeToString,
+            ),
+            "EmbedStream": grpc.stream_stream_rpc_method_handler(
+                self.EmbedStream,
+                request_deserializer=_safe_parse(pb.EmbedRequest),
+                response_serializer=pb.EmbedResponse.SerializeToString,
+            ),
+            "GetModelInfo": grpc.unary_unary_rpc_method_handler(
+                self.GetModelInfo,
+                request_deserializer=_safe_parse(pb.GetModelInfoRequest),
+                response_serializer=pb.ModelInfo.SerializeToString,
+            ),
+        }
+        name = pb.DESCRIPTOR.services_by_name["WordEmbedder"].full_name
+        server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+
     async def _embed(self, request: pb.EmbedRequest, context: Context) -> pb.EmbedResponse:
+        request = _checked(request)
         if len(request.inputs) > self.limits.max_inputs_per_request:
             limit = self.limits.max_inputs_per_request
             raise InvalidInput(
@@ -57,12 +133,12 @@ class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
         self.batcher.stats.serialize_s += time.perf_counter() - start
         return response
 
-    async def _abort(self, context: Context, exc: Exception, prefix: str = "") -> None:
+    def _status(self, exc: Exception, prefix: str = "") -> grpc.Status:
         status = status_for(exc, self.batcher.max_queue, prefix)
         if status is None:
             log.error("internal error", exc_info=exc)
             status = plain(grpc.StatusCode.INTERNAL, "internal error; see the server log")
-        await context.abort_with_status(status)  # type: ignore[attr-defined]
+        return status
 
     async def Embed(self, request: pb.EmbedRequest, context: Context) -> pb.EmbedResponse:
         try:
@@ -70,12 +146,14 @@ class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            await self._abort(context, exc)
+            await context.abort_with_status(self._status(exc))  # type: ignore[attr-defined]
             raise AssertionError("unreachable: abort raises") from exc
 
     async def EmbedStream(
         self, request_iterator: AsyncIterator[pb.EmbedRequest], context: Context
     ) -> AsyncIterator[pb.EmbedResponse]:
+        """One response per request, in order. A request that fails gets a response carrying
+        its status in ``error``, and the stream goes on (bulk work survives one bad item)."""
         pending: asyncio.Queue[asyncio.Task[pb.EmbedResponse] | None] = asyncio.Queue(STREAM_WINDOW)
 
         async def read() -> None:
@@ -92,7 +170,9 @@ class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    await self._abort(context, exc, f"stream request {index}: ")
+                    yield pb.EmbedResponse(
+                        error=_rpc_status(self._status(exc, f"stream request {index}: "))
+                    )
                 index += 1
             await reader
         finally:
@@ -101,6 +181,8 @@ class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
                 leftover = pending.get_nowait()
                 if leftover is not None:
                     leftover.cancel()
+                    # retrieve its outcome, or asyncio logs "exception never retrieved"
+                    leftover.add_done_callback(_consume)
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
 

@@ -18,6 +18,7 @@ class BatcherSettings:
     max_wait_ms: float = 2.0  # longest a request waits for company (only under concurrency)
     max_queue: int = 256  # queued requests before RESOURCE_EXHAUSTED
     max_inflight: int | None = None  # batches computed at once; None: the model's parallel runs
+    max_response_bytes: int = 64 * 1024 * 1024  # what the server may send (ServerSettings)
 
     def __post_init__(self) -> None:
         for name in ("max_batch_tokens", "max_queue", "max_inflight"):
@@ -47,7 +48,16 @@ class ServerSettings:
     max_send_mb: int = 64
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    tls_client_ca: Path | None = None  # mutual TLS: client certificates signed by this CA
+    auth_token_file: Path | None = None  # bearer tokens, one per line (re-read on SIGHUP)
+    open_reflection: bool = False  # reflection without a token (health is always open)
+    health_port: int | None = None  # health alone, in plaintext, for probes beside mTLS
+    metrics_port: int | None = None  # Prometheus /metrics over HTTP; 0 picks a free port
+    metrics_host: str = "127.0.0.1"
+    access_log: bool = False  # one line per call: method, peer, code, ms, texts, tokens
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ServeError("TLS needs both --tls-cert and --tls-key; refusing to serve plaintext")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ServeError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")

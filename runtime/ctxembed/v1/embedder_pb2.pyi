@@ -1,3 +1,4 @@
+from google.rpc import status_pb2 as _status_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -85,10 +86,12 @@ class CharSpan(_message.Message):
     def __init__(self, start: _Optional[int] = ..., end: _Optional[int] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
-    __slots__ = ("results",)
+    __slots__ = ("results", "error")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[TextEmbeddings]
-    def __init__(self, results: _Optional[_Iterable[_Union[TextEmbeddings, _Mapping]]] = ...) -> None: ...
+    error: _status_pb2.Status
+    def __init__(self, results: _Optional[_Iterable[_Union[TextEmbeddings, _Mapping]]] = ..., error: _Optional[_Union[_status_pb2.Status, _Mapping]] = ...) -> None: ...
 
 class TextEmbeddings(_message.Message):
     __slots__ = ("words", "vectors", "num_tokens", "num_windows")
@@ -179,15 +182,17 @@ class ModelInfo(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., source_model: _Optional[str] = ..., architecture: _Optional[str] = ..., dimension: _Optional[int] = ..., num_layers: _Optional[int] = ..., layers_available: _Optional[_Iterable[int]] = ..., max_tokens_per_window: _Optional[int] = ..., precision: _Optional[str] = ..., execution_provider: _Optional[str] = ..., server_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., lowercase: _Optional[bool] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., model_type: _Optional[str] = ..., threads: _Optional[int] = ..., parallel_runs: _Optional[int] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_inputs_per_request", "max_chars_per_text", "max_words_per_text", "max_spans_per_text", "max_select_words")
+    __slots__ = ("max_inputs_per_request", "max_chars_per_text", "max_words_per_text", "max_spans_per_text", "max_select_words", "max_tokens_per_request")
     MAX_INPUTS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     MAX_CHARS_PER_TEXT_FIELD_NUMBER: _ClassVar[int]
     MAX_WORDS_PER_TEXT_FIELD_NUMBER: _ClassVar[int]
     MAX_SPANS_PER_TEXT_FIELD_NUMBER: _ClassVar[int]
     MAX_SELECT_WORDS_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     max_inputs_per_request: int
     max_chars_per_text: int
     max_words_per_text: int
     max_spans_per_text: int
     max_select_words: int
-    def __init__(self, max_inputs_per_request: _Optional[int] = ..., max_chars_per_text: _Optional[int] = ..., max_words_per_text: _Optional[int] = ..., max_spans_per_text: _Optional[int] = ..., max_select_words: _Optional[int] = ...) -> None: ...
+    max_tokens_per_request: int
+    def __init__(self, max_inputs_per_request: _Optional[int] = ..., max_chars_per_text: _Optional[int] = ..., max_words_per_text: _Optional[int] = ..., max_spans_per_text: _Optional[int] = ..., max_select_words: _Optional[int] = ..., max_tokens_per_request: _Optional[int] = ...) -> None: ...

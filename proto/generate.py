@@ -1,0 +1,37 @@
+"""Generate the Python code of ctxembed.v1 (committed under runtime/; tests check it is current).
+
+    python proto/generate.py [OUT]      (default: runtime; `make proto`)
+
+google/rpc/status.proto (the in-band error of stream responses) comes from the installed
+googleapis-common-protos package, which grpcio-status brings along.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import google.rpc.status_pb2
+from grpc_tools import protoc
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def generate(out: Path) -> None:
+    common = Path(google.rpc.status_pb2.__file__).parents[2]  # holds google/rpc/status.proto
+    args = [
+        "protoc",
+        f"-I{ROOT / 'proto'}",
+        f"-I{Path(protoc.__file__).parent / '_proto'}",  # google/protobuf/*.proto
+        f"-I{common}",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
+        str(ROOT / "proto" / "ctxembed" / "v1" / "embedder.proto"),
+    ]
+    if protoc.main(args) != 0:
+        raise SystemExit("protoc failed")
+
+
+if __name__ == "__main__":
+    generate(Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "runtime")

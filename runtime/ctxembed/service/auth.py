@@ -1,0 +1,109 @@
+"""Bearer-token authentication: an interceptor in front of every method but the open ones.
+
+Like TEI's ``--api-key``: a call must carry ``authorization: Bearer <token>`` metadata with one
+of the accepted tokens, or it gets ``UNAUTHENTICATED`` with no hint of what is accepted. The
+health service stays open (Kubernetes probes cannot send credentials), and so does reflection
+when asked. Tokens come from a file, one per line (several, for rotation), re-read on SIGHUP;
+comparison is constant-time and tokens never reach the log.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from ctxembed.service.settings import ServeError
+
+log = logging.getLogger("ctxembed.service")
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+REFLECTION_PREFIXES = (
+    "/grpc.reflection.v1alpha.ServerReflection/",
+    "/grpc.reflection.v1.ServerReflection/",
+)
+
+
+def read_tokens(path: Path) -> tuple[bytes, ...]:
+    """Accepted tokens: non-empty lines, surrounding whitespace removed; '#' starts a comment."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ServeError(f"--auth-token-file {path}: cannot read it: {exc}") from None
+    tokens = tuple(
+        line.strip().encode() for line in lines if line.strip() and not line.startswith("#")
+    )
+    if not tokens:
+        raise ServeError(f"--auth-token-file {path} holds no token (one per line)")
+    return tokens
+
+
+if TYPE_CHECKING:  # grpc-stubs makes it generic; grpcio's class is not subscriptable
+    Interceptor = grpc.aio.ServerInterceptor[Any, Any]
+else:
+    Interceptor = grpc.aio.ServerInterceptor
+
+
+class TokenAuth(Interceptor):
+    def __init__(self, path: Path, open_reflection: bool = False) -> None:
+        self.path = path
+        self.tokens = read_tokens(path)
+        self.open_prefixes = (HEALTH_PREFIX, *(REFLECTION_PREFIXES if open_reflection else ()))
+        self.rejected = 0
+
+    def reload(self) -> None:
+        """Re-read the token file (SIGHUP); a bad file keeps the tokens in force."""
+        try:
+            self.tokens = read_tokens(self.path)
+        except ServeError as exc:
+            log.error("%s; keeping the %d tokens in force", exc, len(self.tokens))
+            return
+        log.info("reloaded %d accepted token(s) from %s", len(self.tokens), self.path)
+
+    def accepts(self, metadata: Iterable[tuple[str, Any]] | None) -> bool:
+        presented = b""
+        for key, value in metadata or ():
+            if key == "authorization":
+                text = value.decode() if isinstance(value, bytes) else str(value)
+                scheme, _, token = text.partition(" ")
+                if scheme.lower() == "bearer":
+                    presented = token.strip().encode()
+        # Every token is compared (no early exit), each in constant time.
+        matches = [hmac.compare_digest(presented, token) for token in self.tokens]
+        return bool(presented) and any(matches)
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
+        ],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(details)
+        method = details.method
+        if method.startswith(self.open_prefixes) or self.accepts(details.invocation_metadata):
+            return handler
+        self.rejected += 1
+        return _refusal(handler)
+
+
+def _refusal(handler: grpc.RpcMethodHandler[Any, Any] | None) -> grpc.RpcMethodHandler[Any, Any]:
+    """A handler of the same streaming kind that answers UNAUTHENTICATED."""
+    message = "missing or invalid bearer token (authorization metadata)"
+
+    async def unary(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    async def streaming(_requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+    if handler is not None and handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(streaming)
+    if handler is not None and handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(streaming)
+    if handler is not None and handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(unary)
+    return grpc.unary_unary_rpc_method_handler(unary)
