@@ -155,6 +155,26 @@ def one_client(address: str, reps: int) -> dict[str, Any]:
     return {**embed, "empty_rpc": floor, "bare_echo": bare_echo_round_trip(reps)}
 
 
+def metrics_cost(model_dir: Path, reps: int, rounds: int = 4) -> dict[str, float]:
+    """Bank p50 over gRPC with --metrics-port on and off: two servers side by side, measured in
+    interleaved rounds (this machine drifts), so the ratio is what recording costs."""
+    off, _ = start_server(model_dir, [])
+    on, _ = start_server(model_dir, ["--metrics-port", "0"])
+    bank = [TextInput(text=BANK, select_words=["bank"])]
+    samples: dict[str, list[float]] = {"off": [], "on": []}
+    try:
+        with Client(off.address) as plain, Client(on.address) as measured:
+            for _ in range(rounds):
+                for name, client in (("off", plain), ("on", measured)):
+                    calls = time_calls(lambda c=client: c.embed(bank), reps // rounds, warmup=20)  # type: ignore[misc]
+                    samples[name] += calls
+    finally:
+        stop(off)
+        stop(on)
+    p50 = {name: percentiles(values)["p50_ms"] for name, values in samples.items()}
+    return {"p50_ms_off": p50["off"], "p50_ms_on": p50["on"], "ratio": p50["on"] / p50["off"]}
+
+
 def run_setting(
     model_dir: Path,
     extra: Sequence[str],

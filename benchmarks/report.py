@@ -92,6 +92,13 @@ def markdown(result: dict[str, Any]) -> str:
             f" {_f(g['peak_rss_mb'], 0)} MB",
         ]
         lines += _ceilings(model["grpc"], e)
+        cost = model["grpc"].get("metrics_cost")
+        if cost:
+            lines.append(
+                f"- Prometheus metrics on (`--metrics-port`): bank p50 {_f(cost['p50_ms_on'], 3)}"
+                f" ms vs {_f(cost['p50_ms_off'], 3)} ms off: **{_f(cost['ratio'], 3)}×**"
+                " (interleaved rounds, two servers side by side)"
+            )
         if "error" not in e:
             bank = e["bank"]
             lines += [

@@ -227,6 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 model.model_dir, [], mode.levels, mode.grpc_seconds, mode.reps * 3, mode.texts
             ),
             "bare_echo_32_clients_per_s": bench_grpc.bare_echo_throughput(32, mode.grpc_seconds),
+            "metrics_cost": bench_grpc.metrics_cost(model.model_dir, mode.reps * 2),
             "uvloop": bench_grpc.run_setting(
                 model.model_dir,
                 ["--event-loop", "uvloop"],

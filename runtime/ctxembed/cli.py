@@ -309,17 +309,32 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="also serve the health service alone, in plaintext, on this port (for probes"
         " that cannot present a client certificate)",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=_at_least(0, 65535),
+        default=d.metrics_port,
+        help="serve Prometheus /metrics over HTTP on this port (0 picks one; off by default)",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default=d.metrics_host,
+        help="address of /metrics (default %(default)s; it has no authentication)",
+    )
     p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
+    p.add_argument("--log-format", choices=("text", "json"), default="text")
+    p.add_argument(
+        "--access-log",
+        action="store_true",
+        help="one log line per call: method, peer, status, milliseconds, texts, tokens",
+    )
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    import logging
-
-    from ctxembed.service import event_loop
+    from ctxembed.service import event_loop, logs
     from ctxembed.service.server import serve
     from ctxembed.service.settings import BatcherSettings, ServerSettings
 
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(message)s")
+    logs.configure(args.log_level, args.log_format)
     settings = ServerSettings(
         model_dir=args.model_dir,
         host=args.host,
@@ -355,6 +370,9 @@ def _run_serve(args: argparse.Namespace) -> int:
         auth_token_file=args.auth_token_file,
         open_reflection=args.open_reflection,
         health_port=args.health_port,
+        metrics_port=args.metrics_port,
+        metrics_host=args.metrics_host,
+        access_log=args.access_log,
     )
     try:
         return event_loop.run(serve(settings), args.event_loop)

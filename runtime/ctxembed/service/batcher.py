@@ -26,6 +26,7 @@ from ctxembed.runtime.errors import Abandoned, InvalidInput
 from ctxembed.runtime.stages import PreparedCall, WordEmbeddingModel
 from ctxembed.runtime.types import WordEmbeddings
 from ctxembed.service.convert import EmbedCall
+from ctxembed.service.metrics import Metrics
 from ctxembed.service.settings import BatcherSettings
 from ctxembed.service.status import DeadlineExpired, Overloaded
 
@@ -92,6 +93,7 @@ class MicroBatcher:
         self._inflight: set[asyncio.Task[None]] = set()
         self._last_batch = 1
         self._pending = 0  # queued jobs whose caller still waits
+        self.metrics: Metrics | None = None  # set by the server when --metrics-port is on
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run_forever())
@@ -181,6 +183,8 @@ class MicroBatcher:
                 else:
                     live.append(job)
                     self.stats.queue_s += now - job.enqueued
+                    if self.metrics is not None:
+                        self.metrics.record_stage("queue", now - job.enqueued)
             self._last_batch = max(1, len(batch))
             if not live:
                 slots.release()
@@ -221,6 +225,10 @@ class MicroBatcher:
         self.stats.texts += texts
         self.stats.batches += 1
         self.stats.batch_sizes.append(len(jobs))
+        if self.metrics is not None:
+            tokens = sum(r.num_tokens for out in outcomes if isinstance(out, list) for r in out)
+            stages = {"tokenize": prepare_s, "inference": run_s, "pool": pool_s}
+            self.metrics.record_batch(len(jobs), tokens, stages)
         return outcomes
 
     def _compute(

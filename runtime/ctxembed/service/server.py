@@ -19,7 +19,8 @@ from ctxembed.runtime.stages import WordEmbeddingModel
 from ctxembed.service.auth import TokenAuth
 from ctxembed.service.batcher import MicroBatcher
 from ctxembed.service.event_loop import running_loop_name
-from ctxembed.service.servicer import WordEmbedderServicer
+from ctxembed.service.metrics import Metrics
+from ctxembed.service.servicer import WordEmbedderServicer, server_version
 from ctxembed.service.settings import ServeError, ServerSettings
 from ctxembed.v1 import embedder_pb2 as pb
 
@@ -40,6 +41,8 @@ class RunningServer:
     auth: TokenAuth | None = None
     health_server: grpc.aio.Server | None = None  # --health-port: health alone, plaintext
     health_port: int | None = None
+    metrics: Metrics | None = None
+    metrics_port: int | None = None
 
     async def shutdown(self, grace_s: float) -> None:
         """NOT_SERVING first, then refuse new calls and let in-flight ones finish."""
@@ -47,6 +50,8 @@ class RunningServer:
         await self.server.stop(grace_s)
         if self.health_server is not None:
             await self.health_server.stop(None)
+        if self.metrics is not None:
+            self.metrics.close()
         await self.batcher.close()
         if self.owns_model:
             self.model.close()
@@ -74,13 +79,17 @@ async def start_server(
     # The batcher refuses, before computing it, a response larger than the server may send.
     batcher_settings = replace(settings.batcher, max_response_bytes=settings.max_send_mb * MiB)
     batcher = MicroBatcher(model, batcher_settings)
+    metrics = None
+    if settings.metrics_port is not None:
+        metrics = Metrics(model.info(), server_version(), lambda: batcher.queued)
+        batcher.metrics = metrics
     auth = None
     if settings.auth_token_file is not None:
         auth = TokenAuth(settings.auth_token_file, settings.open_reflection)
     server = grpc.aio.server(
         options=channel_options(settings), interceptors=[auth] if auth is not None else None
     )
-    WordEmbedderServicer(model, batcher).add_to_server(server)
+    WordEmbedderServicer(model, batcher, metrics, settings.access_log).add_to_server(server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     health_server = None
@@ -111,6 +120,15 @@ async def start_server(
         if owns_model:
             model.close()
         raise ServeError(f"cannot listen on {address}: {exc}") from None
+    metrics_port = None
+    if metrics is not None:
+        try:
+            metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port or 0)
+        except OSError as exc:
+            if owns_model:
+                model.close()
+            where = f"{settings.metrics_host}:{settings.metrics_port}"
+            raise ServeError(f"cannot serve metrics on {where}: {exc}") from None
     batcher.start()
     await server.start()
     if health_server is not None:
@@ -119,7 +137,18 @@ async def start_server(
         await health.set(service, health_pb2.HealthCheckResponse.SERVING)
     address = f"{settings.host}:{port}"
     return RunningServer(
-        server, health, batcher, model, port, address, owns_model, auth, health_server, health_port
+        server,
+        health,
+        batcher,
+        model,
+        port,
+        address,
+        owns_model,
+        auth,
+        health_server,
+        health_port,
+        metrics,
+        metrics_port,
     )
 
 
@@ -141,8 +170,13 @@ async def serve(settings: ServerSettings) -> int:
     started = time.perf_counter()
     running = await start_server(settings)
     info = running.model.info()
+    extras = ""
+    if running.metrics_port is not None:
+        extras += f", metrics on http://{settings.metrics_host}:{running.metrics_port}/metrics"
+    if running.health_port is not None:
+        extras += f", plaintext health on {settings.host}:{running.health_port}"
     log.info(
-        "ctxembed serving %s (%s, %s, %d threads, %d parallel runs, %s) on %s, ready in %.2f s",
+        "ctxembed serving %s (%s, %s, %d threads, %d parallel runs, %s) on %s, ready in %.2f s%s",
         info.name,
         info.precision,
         info.execution_provider,
@@ -151,6 +185,7 @@ async def serve(settings: ServerSettings) -> int:
         running_loop_name(),
         running.address,
         time.perf_counter() - started,
+        extras,
     )
     log.info(
         'try: ctxembed embed "I live near the bank of America" --word bank --server %s',

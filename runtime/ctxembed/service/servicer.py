@@ -17,13 +17,16 @@ from google.rpc import status_pb2
 
 from ctxembed.runtime.errors import InvalidInput
 from ctxembed.runtime.stages import WordEmbeddingModel
+from ctxembed.runtime.types import WordEmbeddings
 from ctxembed.service.batcher import MicroBatcher
 from ctxembed.service.convert import call_from_request, info_to_pb, response_from_results
+from ctxembed.service.metrics import Metrics
 from ctxembed.service.status import plain, status_for
 from ctxembed.v1 import embedder_pb2 as pb
 from ctxembed.v1 import embedder_pb2_grpc as pb_grpc
 
 log = logging.getLogger("ctxembed.service")
+access = logging.getLogger("ctxembed.access")
 Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -89,11 +92,47 @@ def _checked(request: Any) -> pb.EmbedRequest:
 
 
 class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
-    def __init__(self, model: WordEmbeddingModel, batcher: MicroBatcher) -> None:
+    def __init__(
+        self,
+        model: WordEmbeddingModel,
+        batcher: MicroBatcher,
+        metrics: Metrics | None = None,
+        access_log: bool = False,
+    ) -> None:
         self.model = model
         self.batcher = batcher
         self.limits = model.limits
+        self.metrics = metrics
+        self.access_log = access_log
         self._info = info_to_pb(replace(model.info(), server_version=server_version()))
+
+    def _observe(
+        self,
+        method: str,
+        code: grpc.StatusCode,
+        started: float,
+        results: list[WordEmbeddings],
+        context: Context,
+    ) -> None:
+        """Metrics and the access log line of one call (or one stream message)."""
+        seconds = time.perf_counter() - started
+        if self.metrics is not None:
+            self.metrics.record_request(method, code.name, seconds)
+            if results:
+                self.metrics.record_results(results)
+        if self.access_log:
+            access.info(
+                "%s peer=%s code=%s ms=%.2f texts=%d tokens=%d",
+                method,
+                context.peer(),
+                code.name,
+                seconds * 1000,
+                len(results),
+                sum(r.num_tokens for r in results),
+                extra={"method": method, "peer": context.peer(), "code": code.name,
+                       "ms": round(seconds * 1000, 3), "texts": len(results),
+                       "tokens": sum(r.num_tokens for r in results)},
+            )  # fmt: skip
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Register the methods with decoders that never raise (see ``Malformed``)."""
@@ -117,7 +156,9 @@ class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
         name = pb.DESCRIPTOR.services_by_name["WordEmbedder"].full_name
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
 
-    async def _embed(self, request: pb.EmbedRequest, context: Context) -> pb.EmbedResponse:
+    async def _embed(
+        self, request: pb.EmbedRequest, context: Context
+    ) -> tuple[pb.EmbedResponse, list[WordEmbeddings]]:
         request = _checked(request)
         if len(request.inputs) > self.limits.max_inputs_per_request:
             limit = self.limits.max_inputs_per_request
@@ -130,8 +171,11 @@ class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
         results = await self.batcher.submit(call, context.time_remaining())
         start = time.perf_counter()
         response = response_from_results(results)
-        self.batcher.stats.serialize_s += time.perf_counter() - start
-        return response
+        serialize_s = time.perf_counter() - start
+        self.batcher.stats.serialize_s += serialize_s
+        if self.metrics is not None:
+            self.metrics.record_stage("serialize", serialize_s)
+        return response, results
 
     def _status(self, exc: Exception, prefix: str = "") -> grpc.Status:
         status = status_for(exc, self.batcher.max_queue, prefix)
@@ -141,38 +185,50 @@ class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
         return status
 
     async def Embed(self, request: pb.EmbedRequest, context: Context) -> pb.EmbedResponse:
+        started = time.perf_counter()
         try:
-            return await self._embed(request, context)
+            response, results = await self._embed(request, context)
         except asyncio.CancelledError:
+            self._observe("Embed", grpc.StatusCode.CANCELLED, started, [], context)
             raise
         except Exception as exc:
-            await context.abort_with_status(self._status(exc))  # type: ignore[attr-defined]
+            status = self._status(exc)
+            self._observe("Embed", status.code, started, [], context)
+            await context.abort_with_status(status)  # type: ignore[attr-defined]
             raise AssertionError("unreachable: abort raises") from exc
+        self._observe("Embed", grpc.StatusCode.OK, started, results, context)
+        return response
 
     async def EmbedStream(
         self, request_iterator: AsyncIterator[pb.EmbedRequest], context: Context
     ) -> AsyncIterator[pb.EmbedResponse]:
         """One response per request, in order. A request that fails gets a response carrying
         its status in ``error``, and the stream goes on (bulk work survives one bad item)."""
-        pending: asyncio.Queue[asyncio.Task[pb.EmbedResponse] | None] = asyncio.Queue(STREAM_WINDOW)
+        Item = tuple[float, asyncio.Task[tuple[pb.EmbedResponse, list[WordEmbeddings]]]]
+        pending: asyncio.Queue[Item | None] = asyncio.Queue(STREAM_WINDOW)
 
         async def read() -> None:
             async for request in request_iterator:
-                await pending.put(asyncio.ensure_future(self._embed(request, context)))
+                task = asyncio.ensure_future(self._embed(request, context))
+                await pending.put((time.perf_counter(), task))
             await pending.put(None)
 
         reader = asyncio.ensure_future(read())
         index = 0
         try:
-            while (task := await pending.get()) is not None:
+            while (item := await pending.get()) is not None:
+                started, task = item
                 try:
-                    yield await task
+                    response, results = await task
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    yield pb.EmbedResponse(
-                        error=_rpc_status(self._status(exc, f"stream request {index}: "))
-                    )
+                    status = self._status(exc, f"stream request {index}: ")
+                    self._observe("EmbedStream", status.code, started, [], context)
+                    yield pb.EmbedResponse(error=_rpc_status(status))
+                else:
+                    self._observe("EmbedStream", grpc.StatusCode.OK, started, results, context)
+                    yield response
                 index += 1
             await reader
         finally:
@@ -180,11 +236,17 @@ class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
             while not pending.empty():
                 leftover = pending.get_nowait()
                 if leftover is not None:
-                    leftover.cancel()
+                    leftover[1].cancel()
                     # retrieve its outcome, or asyncio logs "exception never retrieved"
-                    leftover.add_done_callback(_consume)
+                    leftover[1].add_done_callback(_consume)
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await reader
 
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Context) -> pb.ModelInfo:
+        started = time.perf_counter()
+        if isinstance(request, Malformed):
+            status = self._status(InvalidInput("request", f"cannot be decoded: {request.error}"))
+            self._observe("GetModelInfo", status.code, started, [], context)
+            await context.abort_with_status(status)  # type: ignore[attr-defined]
+        self._observe("GetModelInfo", grpc.StatusCode.OK, started, [], context)
         return self._info

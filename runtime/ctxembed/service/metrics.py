@@ -1,0 +1,92 @@
+"""Prometheus metrics (``--metrics-port``), named after TEI's ``te_*`` and Triton's
+``nv_inference_*`` with the prefix ``ctxembed_``.
+
+Each server gets its own registry (tests run several in one process); ``/metrics`` is served over
+plain HTTP by prometheus-client's own server on ``--metrics-host`` (127.0.0.1 by default, no
+authentication: put it on a private interface).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from ctxembed.runtime.types import ModelInfo, WordEmbeddings
+
+# Seconds: from a tenth of a millisecond (a warm stage) to a minute (a huge request).
+TIME_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)  # fmt: skip
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+TOKEN_BUCKETS = (16, 64, 256, 1024, 4096, 16384, 65536, 262144)
+STAGES = ("queue", "tokenize", "inference", "pool", "serialize")
+
+
+class Metrics:
+    def __init__(self, info: ModelInfo, version: str, queue_depth: Callable[[], int]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "ctxembed_requests", "Requests by method and status code (stream messages each count)",
+            ["method", "code"], registry=r,
+        )  # fmt: skip
+        self.duration = Histogram(
+            "ctxembed_request_duration_seconds", "Time from receiving a request to its response",
+            ["method"], buckets=TIME_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.stages = {
+            stage: Histogram(
+                f"ctxembed_{stage}_duration_seconds",
+                f"Time spent in the {stage} stage (queue and serialize per request, the others"
+                " per batch)",
+                buckets=TIME_BUCKETS,
+                registry=r,
+            )
+            for stage in STAGES
+        }
+        self.batch_size = Histogram(
+            "ctxembed_batch_size", "Requests per micro-batch", buckets=SIZE_BUCKETS, registry=r
+        )
+        self.batch_tokens = Histogram(
+            "ctxembed_batch_tokens", "Tokens per micro-batch", buckets=TOKEN_BUCKETS, registry=r
+        )
+        depth = Gauge("ctxembed_queue_depth", "Requests waiting for a batch", registry=r)
+        depth.set_function(queue_depth)
+        self.texts = Counter("ctxembed_texts", "Texts embedded", registry=r)
+        self.words = Counter("ctxembed_words", "Word vectors returned", registry=r)
+        self.tokens = Counter("ctxembed_tokens", "Tokens run through the model", registry=r)
+        model = Gauge(
+            "ctxembed_model_info", "The model served (always 1)",
+            ["model", "precision", "provider", "version"], registry=r,
+        )  # fmt: skip
+        model.labels(info.name, info.precision, info.execution_provider, version).set(1)
+        self._server: Any = None
+
+    def serve(self, host: str, port: int) -> int:
+        """Start the /metrics HTTP server; returns its port (0 picks a free one)."""
+        self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+        return int(self._server.server_port)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def record_request(self, method: str, code: str, seconds: float) -> None:
+        self.requests.labels(method, code).inc()
+        self.duration.labels(method).observe(seconds)
+
+    def record_results(self, results: list[WordEmbeddings]) -> None:
+        self.texts.inc(len(results))
+        self.words.inc(sum(len(r.words) for r in results))
+
+    def record_batch(self, requests: int, tokens: int, stage_seconds: dict[str, float]) -> None:
+        self.batch_size.observe(requests)
+        self.batch_tokens.observe(tokens)
+        self.tokens.inc(tokens)
+        for stage, seconds in stage_seconds.items():
+            self.stages[stage].observe(seconds)
+
+    def record_stage(self, stage: str, seconds: float) -> None:
+        self.stages[stage].observe(seconds)
