@@ -10,7 +10,7 @@ MODEL_DIR ?= models/all-MiniLM-L6-v2
 HOST ?= 127.0.0.1
 PORT ?= 50051
 
-.PHONY: venv lint test test-fast test-slow export serve mpnet bench bench-full bench-int8 proto clean
+.PHONY: venv lint test test-fast test-slow stress export serve mpnet bench bench-full bench-int8 proto clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: lint
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not model and not slow"
+
+# The reliability suite (benchmarks/stress.py): six scenarios, ~20 min with the 10-minute soak.
+stress: $(STAMP) $(MODEL_DIR)/manifest.json
+	$(BIN)/python -m benchmarks.stress --model-dir $(MODEL_DIR)
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow || [ $$? -eq 5 ]  # 5: none collected yet
