@@ -179,5 +179,12 @@ class FakeModel:
             )
         return results
 
+    def embed_calls(self, inputs: Sequence[InputLike]) -> list[WordEmbeddings]:
+        """prepare → forward → finish in one call, as ``WordEmbedder.embed`` does."""
+        prepared = self.prepare(inputs)
+        return self.finish(
+            prepared, self.forward(prepared.texts, prepared.layer_ids), prepared.layer_ids
+        )
+
     def close(self) -> None:
         self.closed = True

@@ -436,6 +436,21 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     p.add_argument("--json", action="store_true", help="print JSON with the full vectors")
     q = sub.add_parser("info", help="what a running server serves")
     _add_connection(q, timeout=10.0)
+    b = sub.add_parser(
+        "embed-file", help="embed a file of texts into Parquet, one row per word (resumable)"
+    )
+    b.add_argument("input", type=Path, help="one text per line, or JSONL with --text-field")
+    b.add_argument("--out", type=Path, required=True, help="the Parquet file to write")
+    b.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="embed in process with this model folder (default: through --server)",
+    )
+    b.add_argument("--text-field", default=None, help="JSONL input: the field holding the text")
+    b.add_argument("--select-words", default="", help="comma-separated words to keep")
+    b.add_argument("--chunk-lines", type=_at_least(1), default=4096, help="lines per part file")
+    _add_connection(b, timeout=60.0)
     h = sub.add_parser("health", help="exit 0 if the server is SERVING, 1 if not (exec probes)")
     h.add_argument("target", nargs="?", default=None, help="host:port (default: --server)")
     h.add_argument("--service", default="", help="service to check (default: the server)")
@@ -506,6 +521,39 @@ def _conflicting_int8_flags(args: argparse.Namespace) -> bool:
     return bool(args.int8_activations) and args.int8_scheme not in ("auto", args.int8_activations)
 
 
+def _run_embed_file(args: argparse.Namespace) -> int:
+    from ctxembed.bulk import embed_file
+
+    if not args.input.is_file():
+        print(f"error: {args.input} is not a file", file=sys.stderr)
+        return 1
+    select = [w.strip() for w in args.select_words.split(",") if w.strip()]
+    if args.model_dir is not None:
+        from ctxembed.runtime import WordEmbedder
+
+        source = WordEmbedder.load(args.model_dir, parallel_runs=None)  # every core
+        embed, dimension = source.embed, source.dimension
+    else:
+        source = _client(args)
+        embed, dimension = source.embed, source.info().dimension
+    with source:
+        summary = embed_file(
+            args.input,
+            args.out,
+            embed,
+            dimension,
+            text_field=args.text_field,
+            select_words=select,
+            chunk_lines=args.chunk_lines,
+        )
+    print(
+        f"{args.out}: {summary.words} words from {summary.texts} texts"
+        f" ({summary.empty_lines} empty lines skipped, {summary.parts_reused} parts reused)"
+        f" in {summary.seconds:.1f} s"
+    )
+    return 0
+
+
 def _run_health(args: argparse.Namespace) -> int:
     import grpc
 
@@ -539,6 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "embed": _run_embed,
         "info": _run_info,
         "health": _run_health,
+        "embed-file": _run_embed_file,
     }
     if args.command == "export" and _conflicting_int8_flags(args):
         parser.error("--int8-activations is shorthand for --int8-scheme: give one of them")

@@ -1,0 +1,171 @@
+"""``ctxembed embed-file``: a corpus in, one Parquet row per word out (``ctxembed[bulk]``).
+
+The input (plain text, one text per line, or JSONL with ``--text-field``) is read in chunks of
+``chunk_lines`` lines, so memory stays bounded whatever its size. Each chunk becomes one part file
+in ``OUT.parquet.parts/``, written to a temporary name and renamed when complete; a run that is
+interrupted and started again skips the parts already there. When every part exists they are
+assembled, streaming, into ``OUT.parquet`` and the parts folder is removed.
+
+Rows: ``text_index`` (the line's position in the input, 0-based, empty lines counted, so rows
+join back to the input), ``word``, ``start``, ``end`` (code points) and ``vector``
+(fixed-size list of float32).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from ctxembed.runtime.errors import CtxembedError
+from ctxembed.runtime.types import TextInput, WordEmbeddings
+
+Embed = Callable[[Sequence[TextInput]], list[WordEmbeddings]]
+CALL_TEXTS = 32  # texts per embed call: what the engine batches best
+
+
+class BulkError(CtxembedError):
+    """The input cannot be read as asked (bad JSON line, missing field)."""
+
+
+@dataclass(frozen=True)
+class BulkSummary:
+    lines: int
+    texts: int
+    empty_lines: int
+    words: int
+    parts_reused: int
+    seconds: float
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow
+        import pyarrow.parquet
+    except ImportError:
+        raise BulkError(
+            "embed-file writes Parquet with pyarrow: pip install 'ctxembed[bulk]'"
+        ) from None
+    return pyarrow
+
+
+def read_chunks(
+    path: Path, text_field: str | None, chunk_lines: int
+) -> Iterator[list[tuple[int, str | None]]]:
+    """(line index, text or None for an empty line) in chunks of ``chunk_lines`` lines."""
+    chunk: list[tuple[int, str | None]] = []
+    with path.open(encoding="utf-8") as f:
+        for index, line in enumerate(f):
+            line = line.rstrip("\n")
+            text: str | None = line if line.strip() else None
+            if text is not None and text_field is not None:
+                try:
+                    value = json.loads(line)[text_field]
+                except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                    raise BulkError(
+                        f"{path} line {index + 1}: not a JSON object with a {text_field!r}"
+                        f" field ({exc})"
+                    ) from None
+                text = value if isinstance(value, str) and value.strip() else None
+            chunk.append((index, text))
+            if len(chunk) == chunk_lines:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
+
+
+def _table(pa: Any, rows: list[tuple[int, WordEmbeddings]], dimension: int) -> Any:
+    import numpy as np
+
+    indices, words, starts, ends, vectors = [], [], [], [], []
+    for index, result in rows:
+        for word in result.words:
+            indices.append(index)
+            words.append(word.text)
+            starts.append(word.start)
+            ends.append(word.end)
+        vectors.append(np.asarray(result.vectors, dtype=np.float32).reshape(-1, dimension))
+    flat = np.concatenate(vectors).reshape(-1) if vectors else np.zeros(0, np.float32)
+    return pa.table(
+        {
+            "text_index": pa.array(indices, pa.int64()),
+            "word": pa.array(words, pa.string()),
+            "start": pa.array(starts, pa.int32()),
+            "end": pa.array(ends, pa.int32()),
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dimension),
+        }
+    )
+
+
+def embed_file(
+    source: Path,
+    out: Path,
+    embed: Embed,
+    dimension: int,
+    *,
+    text_field: str | None = None,
+    select_words: Sequence[str] = (),
+    chunk_lines: int = 4096,
+    progress: TextIO | None = sys.stderr,
+) -> BulkSummary:
+    pa = _pyarrow()
+    import pyarrow.parquet as pq
+
+    started = time.perf_counter()
+    parts = out.with_name(out.name + ".parts")
+    parts.mkdir(parents=True, exist_ok=True)
+    lines = texts = empty = words = reused = 0
+    names = []
+    for number, chunk in enumerate(read_chunks(source, text_field, chunk_lines)):
+        part = parts / f"part-{number:06d}.parquet"
+        names.append(part)
+        lines += len(chunk)
+        present = [(i, t) for i, t in chunk if t is not None]
+        empty += len(chunk) - len(present)
+        texts += len(present)
+        if part.is_file():  # written by an earlier, interrupted run
+            reused += 1
+            words += pq.read_metadata(part).num_rows
+            continue
+        rows: list[tuple[int, WordEmbeddings]] = []
+        for k in range(0, len(present), CALL_TEXTS):
+            batch = present[k : k + CALL_TEXTS]
+            inputs = [TextInput(text=t, select_words=list(select_words)) for _, t in batch]
+            rows.extend(zip((i for i, _ in batch), embed(inputs)))
+        table = _table(pa, rows, dimension)
+        words += table.num_rows
+        tmp = part.with_suffix(".tmp")
+        pq.write_table(table, tmp)
+        tmp.rename(part)
+        if progress is not None:
+            rate = texts / max(time.perf_counter() - started, 1e-9)
+            print(f"\r{lines} lines, {words} words, {rate:.0f} texts/s", end="", file=progress)
+    if progress is not None:
+        print(file=progress)
+    _assemble(pa, pq, names, out, dimension)
+    shutil.rmtree(parts)
+    return BulkSummary(lines, texts, empty, words, reused, time.perf_counter() - started)
+
+
+def _assemble(pa: Any, pq: Any, parts: list[Path], out: Path, dimension: int) -> None:
+    """The parts, in order, into one file (one part in memory at a time)."""
+    tmp = out.with_name(f".{out.name}.tmp")
+    writer = None
+    try:
+        for part in parts:
+            table = pq.read_table(part)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+    if writer is None:  # an empty input: an empty file with the schema
+        pq.write_table(_table(pa, [], dimension), tmp)
+    tmp.rename(out)
