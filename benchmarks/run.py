@@ -237,6 +237,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 mode.texts,
             ),
         }
+        # One process per core, the cores split: on 2 vCPUs expect little (README, Scale-out).
+        grpc["workers_2"] = bench_grpc.run_setting(
+            model.model_dir, ["--workers", "2"], (1, 32), mode.grpc_seconds, mode.reps, mode.texts
+        )
         if model.accuracy_claimed:
             grpc["no_spinning"] = bench_grpc.run_setting(
                 model.model_dir,

@@ -320,6 +320,12 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         default=d.metrics_host,
         help="address of /metrics (default %(default)s; it has no authentication)",
     )
+    p.add_argument(
+        "--workers",
+        type=_at_least(1),
+        default=1,
+        help="server processes sharing the port, the cores split between them (default 1)",
+    )
     p.add_argument("--log-level", default="INFO", type=str.upper, choices=LOG_LEVELS)
     p.add_argument("--log-format", choices=("text", "json"), default="text")
     p.add_argument(
@@ -375,6 +381,14 @@ def _run_serve(args: argparse.Namespace) -> int:
         access_log=args.access_log,
     )
     try:
+        if args.workers > 1:
+            from ctxembed.service.workers import Supervisor
+
+            if args.metrics_port is not None:
+                print("error: --metrics-port with --workers is not supported yet", file=sys.stderr)
+                return 2
+            event_loop.resolve(args.event_loop)
+            return Supervisor(settings, args.workers, args.event_loop).run()
         return event_loop.run(serve(settings), args.event_loop)
     except event_loop.EventLoopUnavailable as exc:
         print(f"ctxembed serve: {exc}", file=sys.stderr)

@@ -7,6 +7,7 @@ import json
 import logging
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import grpc
@@ -61,7 +62,8 @@ def channel_options(settings: ServerSettings) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", settings.max_receive_mb * MiB),
         ("grpc.max_send_message_length", settings.max_send_mb * MiB),
-        ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it
+        # A lone server: a second one on the same port must fail, not share it (workers share).
+        ("grpc.so_reuseport", 1 if settings.reuse_port else 0),
         ("grpc.keepalive_time_ms", 60_000),
         ("grpc.http2.max_pings_without_data", 0),
     ]
@@ -165,10 +167,14 @@ def _server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | No
     )
 
 
-async def serve(settings: ServerSettings) -> int:
+async def serve(
+    settings: ServerSettings, on_ready: Callable[[RunningServer], None] | None = None
+) -> int:
     """Run until SIGTERM/SIGINT, then shut down gracefully; returns the exit code."""
     started = time.perf_counter()
     running = await start_server(settings)
+    if on_ready is not None:
+        on_ready(running)
     info = running.model.info()
     extras = ""
     if running.metrics_port is not None:

@@ -55,6 +55,9 @@ class ServerSettings:
     metrics_port: int | None = None  # Prometheus /metrics over HTTP; 0 picks a free port
     metrics_host: str = "127.0.0.1"
     access_log: bool = False  # one line per call: method, peer, code, ms, texts, tokens
+    # Several worker processes share the port (ctxembed serve --workers); a lone server keeps
+    # reuseport off so that a second one on a taken port fails instead of sharing it.
+    reuse_port: bool = False
 
     def __post_init__(self) -> None:
         if (self.tls_cert is None) != (self.tls_key is None):
