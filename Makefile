@@ -10,7 +10,7 @@ MODEL_DIR ?= models/all-MiniLM-L6-v2
 HOST ?= 127.0.0.1
 PORT ?= 50051
 
-.PHONY: venv lint test test-fast test-slow stress export serve mpnet bench bench-full bench-int8 proto clean
+.PHONY: venv lint test test-fast test-slow stress export serve mpnet image base-image bench bench-full bench-int8 proto clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -76,6 +76,25 @@ bench-int8: $(BENCH_STAMP)
 # models/; prints the folder for `ctxembed export --model`.
 mpnet: $(STAMP)
 	$(BIN)/python -m benchmarks.fetch_mpnet
+
+# The runtime image (deploy/Dockerfile): a Debian base made with debootstrap (no image registry
+# is reachable here; built once and cached by Docker), this repository's wheel, the model folder.
+IMAGE ?= ctxembed:latest
+BASE_IMAGE ?= ctxembed-base:bookworm
+ROOTFS ?= .cache/rootfs-bookworm
+
+image: $(STAMP) $(MODEL_DIR)/manifest.json
+	docker image inspect $(BASE_IMAGE) >/dev/null 2>&1 || $(MAKE) base-image
+	rm -rf dist && $(BIN)/python -m pip wheel -q --no-deps . -w dist
+	docker build -f deploy/Dockerfile --build-arg MODEL_DIR=$(MODEL_DIR) -t $(IMAGE) .
+
+base-image:
+	rm -rf $(ROOTFS) && mkdir -p $(ROOTFS)
+	debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,ca-certificates \
+		bookworm $(ROOTFS)
+	cp /etc/ssl/certs/ca-certificates.crt $(ROOTFS)/etc/ssl/certs/ca-certificates.crt
+	tar -C $(ROOTFS) -c . | docker import - $(BASE_IMAGE)
+	rm -rf $(ROOTFS)
 
 # Regenerate the committed protobuf code (tests/test_proto.py checks it is current).
 proto: $(STAMP)

@@ -1,0 +1,106 @@
+"""deploy/: the Kubernetes manifests validate offline against the API schemas (the
+kubernetes-validate package's bundled ones; no cluster here) and keep the choices the README
+explains; the image builds and serves where Docker is available (make test-slow)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from ctxembed.client import Client
+
+ROOT = Path(__file__).resolve().parents[1]
+DEPLOY = ROOT / "deploy"
+K8S_VERSION = "1.30"
+
+
+def _manifests() -> dict[str, dict[str, Any]]:
+    docs = {}
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            docs[doc["kind"]] = doc
+    return docs
+
+
+def test_manifests_validate_against_the_api_schemas() -> None:
+    docs = _manifests()
+    assert set(docs) == {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"}
+    for doc in docs.values():
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+def test_manifests_keep_the_documented_choices() -> None:
+    docs = _manifests()
+    dockerfile = (DEPLOY / "Dockerfile").read_text()
+    grace = int(re.search(r'"--grace", "(\d+)"', dockerfile).group(1))  # type: ignore[union-attr]
+    pod = docs["Deployment"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pod["terminationGracePeriodSeconds"] > grace + pre_stop  # in-flight calls finish
+    assert container["readinessProbe"]["grpc"]["service"] == "ctxembed.v1.WordEmbedder"
+    assert "grpc" in container["livenessProbe"]
+    assert pod["securityContext"]["runAsNonRoot"] and "USER 10001" in dockerfile
+    assert docs["Service"]["spec"]["clusterIP"] == "None"  # headless: clients balance calls
+    assert docs["HorizontalPodAutoscaler"]["spec"]["metrics"][0]["resource"]["name"] == "cpu"
+    assert docs["PodDisruptionBudget"]["spec"]["minAvailable"] >= 1
+    # runtime only: nothing installs torch, and the build checks it is absent
+    assert not re.search(r"pip install[^\n]*(torch|\[export\])", dockerfile)
+    assert "find_spec('torch') is None" in dockerfile
+
+
+def _docker() -> str:
+    if shutil.which("docker") is None:
+        pytest.skip("docker is not installed (apt-get install docker.io; see README, Deploying)")
+    probe = subprocess.run(["docker", "info"], capture_output=True, text=True)
+    if probe.returncode != 0 and shutil.which("dockerd"):
+        subprocess.Popen(["dockerd"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(60):
+            if subprocess.run(["docker", "info"], capture_output=True).returncode == 0:
+                break
+            time.sleep(1)
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        pytest.skip("the Docker daemon does not start here")
+    return "docker"
+
+
+@pytest.mark.slow
+def test_image_builds_serves_and_stops_cleanly() -> None:
+    docker = _docker()
+    subprocess.run(["make", "image"], cwd=ROOT, check=True, timeout=1800)
+    run = subprocess.run(
+        [docker, "run", "-d", "--rm", "-p", "127.0.0.1::50051", "ctxembed:latest"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    container = run.stdout.strip()
+    try:
+        port = (
+            subprocess.run(
+                [docker, "port", container, "50051"], capture_output=True, text=True, check=True
+            )
+            .stdout.split(":")[-1]
+            .strip()
+        )
+        address = f"127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with Client(address, timeout=2) as client:
+                    assert client.health() == "SERVING"
+                    assert client.embed(["river bank"])[0].vectors.shape == (2, 384)
+                break
+            except Exception:
+                assert time.monotonic() < deadline, "the container did not serve"
+                time.sleep(1)
+    finally:
+        subprocess.run([docker, "kill", "--signal", str(int(signal.SIGTERM)), container])
+    waited = subprocess.run([docker, "wait", container], capture_output=True, text=True)
+    assert waited.stdout.strip() in ("0", ""), waited.stdout  # --rm may remove it first
