@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -462,3 +463,24 @@ def test_work_stops_between_runs_once_the_caller_is_gone() -> None:
             assert len(stub.Embed(pb.EmbedRequest(inputs=[pb.TextInput(text="ok")])).results) == 1
     finally:
         server.stop()
+
+
+def test_shutdown_under_load_answers_unavailable_never_cancelled() -> None:
+    """grpc's stop() kills calls still queued unmatched (CANCELLED, not retried by default
+    policies); the drain answers them UNAVAILABLE first, while calls in progress finish."""
+    import asyncio
+
+    from benchmarks.stress import _clients
+
+    request = pb.EmbedRequest(inputs=[pb.TextInput(text="river bank")])
+    codes: Counter[str] = Counter()
+    for _ in range(4):
+        server = ThreadServer(FakeModel(seconds_per_text=0.002))
+        stopper = threading.Timer(0.4, server.stop, (5.0,))
+        stopper.start()
+        codes += asyncio.run(
+            _clients(server.address, 32, 5.0, lambda _: request, stop_on_unavailable=True)
+        )
+        stopper.join()
+    assert codes["OK"] > 0 and codes["UNAVAILABLE"] > 0
+    assert set(codes) == {"OK", "UNAVAILABLE"}, codes

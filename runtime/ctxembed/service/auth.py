@@ -13,14 +13,14 @@ import hmac
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import grpc
 
+from ctxembed.service.interceptors import HEALTH_PREFIX, Handler, Interceptor, refusal
 from ctxembed.service.settings import ServeError
 
 log = logging.getLogger("ctxembed.service")
-HEALTH_PREFIX = "/grpc.health.v1.Health/"
 REFLECTION_PREFIXES = (
     "/grpc.reflection.v1alpha.ServerReflection/",
     "/grpc.reflection.v1.ServerReflection/",
@@ -39,12 +39,6 @@ def read_tokens(path: Path) -> tuple[bytes, ...]:
     if not tokens:
         raise ServeError(f"--auth-token-file {path} holds no token (one per line)")
     return tokens
-
-
-if TYPE_CHECKING:  # grpc-stubs makes it generic; grpcio's class is not subscriptable
-    Interceptor = grpc.aio.ServerInterceptor[Any, Any]
-else:
-    Interceptor = grpc.aio.ServerInterceptor
 
 
 class TokenAuth(Interceptor):
@@ -77,33 +71,13 @@ class TokenAuth(Interceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]
-        ],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler]],
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
+    ) -> Handler:
         handler = await continuation(details)
         method = details.method
         if method.startswith(self.open_prefixes) or self.accepts(details.invocation_metadata):
             return handler
         self.rejected += 1
-        return _refusal(handler)
-
-
-def _refusal(handler: grpc.RpcMethodHandler[Any, Any] | None) -> grpc.RpcMethodHandler[Any, Any]:
-    """A handler of the same streaming kind that answers UNAUTHENTICATED."""
-    message = "missing or invalid bearer token (authorization metadata)"
-
-    async def unary(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-    async def streaming(_requests: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
-
-    if handler is not None and handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(streaming)
-    if handler is not None and handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(streaming)
-    if handler is not None and handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(unary)
-    return grpc.unary_unary_rpc_method_handler(unary)
+        message = "missing or invalid bearer token (authorization metadata)"
+        return refusal(handler, grpc.StatusCode.UNAUTHENTICATED, message)

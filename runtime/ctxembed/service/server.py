@@ -20,6 +20,7 @@ from ctxembed.runtime.stages import WordEmbeddingModel
 from ctxembed.service.auth import TokenAuth
 from ctxembed.service.batcher import MicroBatcher
 from ctxembed.service.event_loop import running_loop_name
+from ctxembed.service.interceptors import Drain
 from ctxembed.service.metrics import Metrics
 from ctxembed.service.servicer import WordEmbedderServicer, server_version
 from ctxembed.service.settings import ServeError, ServerSettings
@@ -28,6 +29,7 @@ from ctxembed.v1 import embedder_pb2 as pb
 log = logging.getLogger("ctxembed.service")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["WordEmbedder"].full_name
 MiB = 1024 * 1024
+DRAIN_QUIET_S = 0.25  # after the last call in progress, before grpc's stop
 
 
 @dataclass
@@ -44,11 +46,21 @@ class RunningServer:
     health_port: int | None = None
     metrics: Metrics | None = None
     metrics_port: int | None = None
+    drain: Drain | None = None
 
     async def shutdown(self, grace_s: float) -> None:
-        """NOT_SERVING first, then refuse new calls and let in-flight ones finish."""
+        """NOT_SERVING first; then new calls get UNAVAILABLE while the calls in progress finish
+        (within the grace), and only then the server stops (see interceptors.Drain)."""
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(grace_s)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + grace_s
+        if self.drain is not None:
+            self.drain.closed = True
+            while self.drain.active and loop.time() < deadline:
+                await asyncio.sleep(0.01)
+            # calls already on the wire meet the refusal, not grpc's stop
+            await asyncio.sleep(min(DRAIN_QUIET_S, max(0.0, deadline - loop.time())))
+        await self.server.stop(max(0.0, deadline - loop.time()))
         if self.health_server is not None:
             await self.health_server.stop(None)
         if self.metrics is not None:
@@ -88,8 +100,9 @@ async def start_server(
     auth = None
     if settings.auth_token_file is not None:
         auth = TokenAuth(settings.auth_token_file, settings.open_reflection)
+    drain = Drain()
     server = grpc.aio.server(
-        options=channel_options(settings), interceptors=[auth] if auth is not None else None
+        options=channel_options(settings), interceptors=[drain, *([auth] if auth else [])]
     )
     WordEmbedderServicer(model, batcher, metrics, settings.access_log).add_to_server(server)
     health = HealthServicer()
@@ -151,6 +164,7 @@ async def start_server(
         health_port,
         metrics,
         metrics_port,
+        drain,
     )
 
 
