@@ -121,6 +121,18 @@ def channel_credentials(
     )
 
 
+def _stream_item(
+    response: pb.EmbedResponse, errors: Literal["raise", "return"]
+) -> list[WordEmbeddings] | CtxembedError:
+    """A stream response's results, or its typed error: raised, or returned in their place."""
+    failure = stream_error(response)
+    if failure is None:
+        return results_from_response(response)
+    if errors == "return":
+        return failure
+    raise failure
+
+
 def bearer(token: str | None) -> tuple[tuple[str, str], ...] | None:
     """Call metadata carrying ``token`` (``--auth-token-file`` on the server)."""
     return (("authorization", f"Bearer {token}"),) if token else None
@@ -200,13 +212,7 @@ class Client:
         try:
             stream = self._stub.EmbedStream(requests, timeout=self.timeout, metadata=self._metadata)
             for response in stream:
-                failure = stream_error(response)
-                if failure is None:
-                    yield results_from_response(response)
-                elif errors == "return":
-                    yield failure
-                else:
-                    raise failure
+                yield _stream_item(response, errors)
         except grpc.RpcError as error:
             _raise_typed(error)
             raise
@@ -284,13 +290,7 @@ class AsyncClient:
         call = self._stub.EmbedStream(iter(requests), timeout=self.timeout, metadata=self._metadata)
         try:
             async for response in call:
-                failure = stream_error(response)
-                if failure is None:
-                    yield results_from_response(response)
-                elif errors == "return":
-                    yield failure
-                else:
-                    raise failure
+                yield _stream_item(response, errors)
         except grpc.RpcError as error:
             _raise_typed(error)
             raise
