@@ -383,3 +383,12 @@ def test_int8_needing_a_newer_onnxruntime_is_refused(model_dir: Path, tmp_path: 
     with pytest.raises(ModelLoadError, match=r"needs onnxruntime >= 99\.0"):
         WordEmbedder.load(folder, provider="cpu")
     assert WordEmbedder.load(folder, provider="cpu", variant="fp32").session.variant.name == "fp32"
+
+
+def test_token_limit_is_the_servers_not_the_librarys(model_dir: Path) -> None:
+    """max_tokens_per_request bounds what one gRPC call costs; in process a call may be as
+    large as memory allows (the server refuses it: tests/test_transport.py)."""
+    limits = Limits(max_tokens_per_request=10)
+    with WordEmbedder.load(model_dir, provider="cpu", limits=limits) as emb:
+        results = emb.embed(load_corpus(8))
+    assert sum(r.num_tokens for r in results) > 10

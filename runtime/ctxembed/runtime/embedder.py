@@ -57,6 +57,10 @@ class Prepared(NamedTuple):
     options: EmbedOptions
     layer_ids: tuple[int, ...]  # absolute hidden-state indices
 
+    @property
+    def num_tokens(self) -> int:
+        return sum(t.tokens.num_tokens for t in self.texts)
+
     def response_bytes(self, dimension: int) -> int:
         """About how large the call's results are once serialized (vectors dominate)."""
         return response_bytes(
@@ -229,15 +233,6 @@ class WordEmbedder:
         for i, inp in enumerate(coerced):
             check_input(inp, f"inputs[{i}]", self.limits)
         tokenized = self._tokenize(coerced)
-        total = sum(t.num_tokens for t in tokenized)
-        if total > self.limits.max_tokens_per_request:
-            limit = self.limits.max_tokens_per_request
-            raise InvalidInput(
-                "inputs",
-                f"have {total} tokens in all; the limit is {limit} per request:"
-                " split them over several requests",
-                limit,
-            )
         texts = tuple(
             self._prepare_text(inp, tok, f"inputs[{i}]")
             for i, (inp, tok) in enumerate(zip(coerced, tokenized))

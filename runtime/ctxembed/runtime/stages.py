@@ -33,6 +33,11 @@ class PreparedCall(Protocol):
     @property
     def layer_ids(self) -> tuple[int, ...]: ...
 
+    @property
+    def num_tokens(self) -> int:
+        """Tokens of all the call's texts (the server's per-request limit counts them)."""
+        ...
+
     def response_bytes(self, dimension: int) -> int:
         """About how many bytes the results take once serialized."""
         ...

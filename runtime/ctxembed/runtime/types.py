@@ -92,8 +92,9 @@ class Limits:
     max_spans_per_text: int = 1_000
     max_inputs_per_request: int = 256
     max_select_words: int = 1_000
-    # Tokens of all texts of one request: bounds what one call costs (about 2-3 s of int8
-    # MiniLM on 2 cores here) and what a response weighs.
+    # Tokens of all texts of one request, checked by the server (in process a call may be as
+    # large as memory allows): bounds what one call costs (about 2-3 s of int8 MiniLM on 2
+    # cores here) and what a response weighs.
     max_tokens_per_request: int = 32_768
 
 

@@ -243,7 +243,7 @@ class MicroBatcher:
         for i, job in enumerate(jobs):
             try:
                 call = emb.prepare(job.call.inputs, **job.call.options)
-                self._check_response_size(call)
+                self._check_request_size(call)
                 prepared.append((i, call))
                 outcomes.append([])
             except InvalidInput as exc:
@@ -267,8 +267,17 @@ class MicroBatcher:
         t3 = time.perf_counter()
         return outcomes, (t1 - t0, t2 - t1, t3 - t2, len(texts))
 
-    def _check_response_size(self, call: PreparedCall) -> None:
-        """Refuse before computing a response larger than the server may send."""
+    def _check_request_size(self, call: PreparedCall) -> None:
+        """Refuse before computing a request over the token limit, or whose response would be
+        larger than the server may send."""
+        limit = self.model.limits.max_tokens_per_request
+        if call.num_tokens > limit:
+            raise InvalidInput(
+                "inputs",
+                f"have {call.num_tokens} tokens in all; the limit is {limit} per request:"
+                " split them over several requests",
+                limit,
+            )
         size = call.response_bytes(self._dimension)
         if size > self.max_response_bytes:
             mib = 1024 * 1024
