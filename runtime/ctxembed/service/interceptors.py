@@ -8,6 +8,7 @@ replica) while the calls in progress finish, and only then stops.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -71,7 +72,9 @@ class Drain(Interceptor):
         }
         attribute, make = kinds[(handler.request_streaming, handler.response_streaming)]
         inner = getattr(handler, attribute)
-        if handler.response_streaming:
+        # A streaming response comes from an async generator, or from a coroutine that writes
+        # through the context (the refusal above): wrap each as what it is.
+        if inspect.isasyncgenfunction(inner):
 
             async def stream(request: Any, context: Any) -> AsyncIterator[Any]:
                 self.active += 1
