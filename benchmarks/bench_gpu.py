@@ -34,6 +34,7 @@ import numpy as np
 
 from benchmarks.bench_int8 import BANK, held_out
 from benchmarks.corpus import load_corpus
+from benchmarks.engines import time_calls
 from benchmarks.stats import percentiles
 
 
@@ -53,15 +54,8 @@ def make_reference(source: Path, model_dir: Path, out: Path) -> None:
     print(f"wrote {out}: {len(texts)} texts")
 
 
-def _time(fn: Any, reps: int, warmup: int = 20) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return percentiles(samples)
+def _time(fn: Any, reps: int) -> dict[str, float]:
+    return percentiles(time_calls(fn, reps, warmup=20))
 
 
 def _throughput(emb: Any, texts: Sequence[str], batch: int) -> dict[str, float]:
