@@ -8,7 +8,7 @@ writes the PyTorch fp32 word vectors of the texts below (held-out corpus lines a
 sentence), pooled per word on ctxembed's own tokens, so the GPU machine needs no transformers
 model to validate against. DIR is a `ctxembed export --target cuda` folder (fp16 variant).
 
-On the GPU machine (onnxruntime-gpu; see ../shared/gpu/README.md for the wheel transfer):
+On the GPU machine (with onnxruntime-gpu installed in place of onnxruntime):
 
     python -m benchmarks.bench_gpu measure --model-dir DIR --reference ref.npz \\
         [--provider cuda] [--torch-config config.json] --out results.json
