@@ -4,29 +4,37 @@ On the CPU machine (torch, the export extra), once per model:
 
     python -m benchmarks.bench_gpu reference --source SRC --model-dir DIR --out ref.npz
 
-writes the PyTorch fp32 word vectors of the texts below (held-out corpus lines and the bank
-sentence), pooled per word on ctxembed's own tokens, so the GPU machine needs no transformers
-model to validate against. DIR is a `ctxembed export --target cuda` folder (fp16 variant).
+writes the PyTorch fp32 word vectors of the texts below (the bank sentence and 150 held-out
+corpus lines), pooled per word on ctxembed's own tokens, so that the GPU machine needs no
+weights to validate against. DIR is a `ctxembed export --target cuda` folder (fp16 variant).
 
-On the GPU machine (with onnxruntime-gpu installed in place of onnxruntime):
+On the GPU machine (onnxruntime-gpu in place of onnxruntime; `benchmarks/gpu_run.sh` is the
+whole device run):
 
     python -m benchmarks.bench_gpu measure --model-dir DIR --reference ref.npz \\
-        [--provider cuda] [--torch-config config.json] --out results.json
+        [--server] --out results.json
 
-prints and writes: the card, the fp16 variant's word cosine against the fp32 reference (mean,
-worst), `embed` latency of the bank sentence (batch 1, p50/p90), corpus throughput in calls of 32
-and 256 (texts/s, words/s), PyTorch eager on the same card from the config with random weights
-(timing only; fp32 and fp16), and `ctxembed serve` on the card (one client p50, 32 clients
-texts/s). `--provider cpu` runs the same steps on the CPU: a dry run of the script itself.
+prints and writes, section by section (a failed section records its error and the rest run):
+the card; the fp16 variant's word cosine against the fp32 reference, plain and with CUDA graphs;
+`embed` latency of the bank sentence at batch 1 (tokenize, run, pool; plain CUDA, CUDA graphs,
+and the bare graph replay), in interleaved rounds; corpus throughput in calls of 32 and 256
+with the fraction of the card's fp16 matrix rate; PyTorch eager fp32 and fp16 on the same card
+from the config with random weights (timing only); with ``--server``, `ctxembed serve
+--cuda-graphs` on the card (one client p50, 32 clients). ``--provider cpu`` runs the same steps
+on the CPU: a dry run of the script itself.
+
+    python -m benchmarks.bench_gpu report results.json ... > benchmarks/results/gpu.md
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
+import logging
+import statistics
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +43,7 @@ import numpy as np
 from benchmarks.bench_int8 import BANK, held_out
 from benchmarks.corpus import load_corpus
 from benchmarks.engines import time_calls
-from benchmarks.stats import percentiles
+from benchmarks.stats import encoder_flops_per_token, percentiles, ratio
 
 
 def _texts() -> list[str]:
@@ -54,28 +62,73 @@ def make_reference(source: Path, model_dir: Path, out: Path) -> None:
     print(f"wrote {out}: {len(texts)} texts")
 
 
-def _time(fn: Any, reps: int) -> dict[str, float]:
-    return percentiles(time_calls(fn, reps, warmup=20))
+def _cosines(emb: Any, reference: Path) -> dict[str, float]:
+    data = np.load(reference, allow_pickle=True)
+    cosines = []
+    for i, text in enumerate(str(t) for t in data["texts"]):
+        got = emb.embed([text])[0].vectors.astype(np.float32)
+        ref = data[str(i)]
+        den = np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1)
+        cosines.append((got * ref).sum(1) / den)
+    c = np.concatenate(cosines)
+    return {"mean": float(c.mean()), "worst": float(c.min()), "words": int(c.size)}
+
+
+def _rounds(fns: dict[str, Callable[[], object]], reps: int, rounds: int = 3) -> dict[str, Any]:
+    """p50 of each function, in interleaved rounds (the median round is reported)."""
+    p50s: dict[str, list[float]] = {name: [] for name in fns}
+    last: dict[str, dict[str, float]] = {}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            last[name] = percentiles(time_calls(fn, reps, warmup=20))
+            p50s[name].append(last[name]["p50_ms"])
+    return {
+        name: {"p50_ms": statistics.median(v), "rounds_p50_ms": v, "p90_ms": last[name]["p90_ms"]}
+        for name, v in p50s.items()
+    }
 
 
 def _throughput(emb: Any, texts: Sequence[str], batch: int) -> dict[str, float]:
+    prepared = emb.prepare(list(texts))
+    tokens = sum(t.tokens.num_tokens + emb.tokenizer.num_special for t in prepared.texts)
     emb.embed(list(texts[:batch]))
     start, words = time.perf_counter(), 0
     for i in range(0, len(texts), batch):
         words += sum(len(r.words) for r in emb.embed(list(texts[i : i + batch])))
     seconds = time.perf_counter() - start
-    return {"texts_per_s": len(texts) / seconds, "words_per_s": words / seconds}
+    return {
+        "texts_per_s": len(texts) / seconds,
+        "words_per_s": words / seconds,
+        "tokens_per_s": tokens / seconds,
+        "mean_tokens_per_text": tokens / len(texts),
+    }
 
 
-def _torch_eager(config_path: Path, device: str, reps: int) -> dict[str, Any]:
+def _fp16_matmul_tflops(n: int = 8192, reps: int = 20) -> float:
+    """The card's practical fp16 matrix rate (cuBLAS through torch): the roofline's roof."""
+    import torch
+
+    a = torch.randn(n, n, device="cuda", dtype=torch.float16)
+    b = torch.randn(n, n, device="cuda", dtype=torch.float16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    torch.cuda.synchronize()
+    return 2.0 * n**3 * reps / (time.perf_counter() - start) / 1e12
+
+
+def _torch_eager(config_dir: Path, device: str, reps: int) -> dict[str, Any]:
     """PyTorch eager from the config with random weights: timing only."""
     import torch
     from transformers import AutoConfig, AutoModel
 
-    config = AutoConfig.from_pretrained(config_path.parent)
+    config = AutoConfig.from_pretrained(config_dir)
     model = AutoModel.from_config(config).eval().to(device)
     ids = torch.randint(1000, 2000, (1, 9), device=device)  # the bank sentence's 9 tokens
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"transformers": __import__("transformers").__version__}
     dtypes = [("fp32", torch.float32)] + ([("fp16", torch.float16)] if device == "cuda" else [])
     for name, dtype in dtypes:
         m = model.to(dtype)
@@ -86,69 +139,243 @@ def _torch_eager(config_path: Path, device: str, reps: int) -> dict[str, Any]:
             if device == "cuda":
                 torch.cuda.synchronize()
 
-        out[name] = _time(run, reps)
+        out[name] = percentiles(time_calls(run, reps, warmup=20))
     return out
 
 
 def _server(model_dir: Path, provider: str, reps: int) -> dict[str, Any]:
     from benchmarks import bench_grpc
 
-    server, startup = bench_grpc.start_server(model_dir, ["--provider", provider])
+    flags = ["--provider", provider] + (["--cuda-graphs"] if provider == "cuda" else [])
+    server, startup = bench_grpc.start_server(model_dir, flags)
     try:
         single = bench_grpc.one_client(server.address, reps)
-        load = bench_grpc.load(server.address, 32, 5.0, 512)
+        load = bench_grpc.load(server.address, 32, 5.0, 1024)
     finally:
-        bench_grpc.stop(server)
-    return {"startup_s": startup, "one_client_p50_ms": single["p50_ms"], "clients_32": load}
+        stats = bench_grpc.stop(server)
+    return {
+        "flags": flags,
+        "startup_s": startup,
+        "one_client_p50_ms": single["p50_ms"],
+        "clients_32": load,
+        "exit_code": stats.get("exit_code"),
+    }
+
+
+class _Warnings(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def _section(
+    result: dict[str, Any], name: str, out: Path, fn: Callable[[], Any], keep: bool = True
+) -> Any:
+    """Run one section; record its result (or only its time) or its error, and write what is
+    known so far."""
+    start = time.perf_counter()
+    try:
+        value = fn()
+        result[name] = value if keep else {"seconds": time.perf_counter() - start}
+    except Exception as exc:  # a failed section must not cost the rest of a scarce GPU run
+        traceback.print_exc()
+        value, result[name] = None, {"error": f"{type(exc).__name__}: {exc}"}
+    print(f"[{name}] {time.perf_counter() - start:.1f} s: {json.dumps(result[name])[:400]}")
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    return value
+
+
+def _card(provider: str) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    facts: dict[str, Any] = {
+        "onnxruntime": ort.__version__,
+        "providers": ort.get_available_providers(),
+    }
+    if provider == "cuda":
+        import torch  # loads the CUDA and cuDNN libraries onnxruntime-gpu uses
+
+        facts.update(
+            card=torch.cuda.get_device_name(0),
+            torch=torch.__version__,
+            cuda=torch.version.cuda,
+            fp16_matmul_tflops=_fp16_matmul_tflops(),
+        )
+    else:
+        facts["card"] = "cpu (dry run)"
+    return facts
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
-    import onnxruntime as ort
-
     from ctxembed.runtime import WordEmbedder
+    from ctxembed.runtime.settings import DEFAULT_GRAPH_LENGTHS
 
-    if args.provider == "cuda":
-        try:
-            import torch  # loads the CUDA and cuDNN libraries onnxruntime-gpu uses
-
-            card = torch.cuda.get_device_name(0)
-        except Exception as exc:  # no torch, or no card: say so in the result
-            card = f"unknown ({exc})"
-    else:
-        card = "cpu (dry run)"
-    emb = WordEmbedder.load(args.model_dir, args.provider)
-    data = np.load(args.reference, allow_pickle=True)
-    texts = [str(t) for t in data["texts"]]
-    cosines = []
-    for i, text in enumerate(texts):
-        got = emb.embed([text])[0].vectors.astype(np.float32)
-        ref = data[str(i)]
-        cosines.append(
-            (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
-        )
-    cos = np.concatenate(cosines)
-    corpus = load_corpus(args.texts)
-    result: dict[str, Any] = {
-        "card": card,
-        "onnxruntime": ort.__version__,
-        "provider": emb.session.provider,
-        "variant": emb.session.variant.name,
-        "word_cosine_vs_fp32": {"mean": float(cos.mean()), "worst": float(cos.min())},
-        "bank_embed": _time(lambda: emb.embed([BANK]), args.reps),
-        "calls_of_32": _throughput(emb, corpus, 32),
-        "calls_of_256": _throughput(emb, corpus, 256),
+    out: Path = args.out
+    result: dict[str, Any] = {"model_dir": str(args.model_dir)}
+    card = _section(result, "card", out, lambda: _card(args.provider)) or {}
+    plain = _section(
+        result,
+        "load_plain",
+        out,
+        lambda: WordEmbedder.load(args.model_dir, args.provider),
+        keep=False,
+    )
+    warnings = _Warnings()
+    logging.getLogger("ctxembed").addHandler(warnings)
+    graphs = _section(
+        result,
+        "load_graphs",
+        out,
+        lambda: WordEmbedder.load(
+            args.model_dir, args.provider, cuda_graph_lengths=DEFAULT_GRAPH_LENGTHS
+        ),
+        keep=False,
+    )
+    result["engines"] = {
+        name: {
+            "provider": emb.session.provider,
+            "variant": emb.session.variant.name,
+            "graph_lengths": list(emb.session.graph_lengths),
+        }
+        for name, emb in (("plain", plain), ("graphs", graphs))
+        if emb is not None
     }
-    if args.torch_config is not None:
-        result["torch_eager_random_weights"] = _torch_eager(
-            args.torch_config, "cuda" if args.provider == "cuda" else "cpu", args.reps
+    result["engines"]["warnings"] = warnings.messages
+    if plain is not None:
+        _section(result, "word_cosine_plain", out, lambda: _cosines(plain, args.reference))
+    if graphs is not None:
+        _section(result, "word_cosine_graphs", out, lambda: _cosines(graphs, args.reference))
+    fns: dict[str, Callable[[], object]] = {}
+    for label, emb in (("plain", plain), ("graphs", graphs)):
+        if emb is None:
+            continue
+        ids = emb.prepare([BANK]).texts[0].tokens.framed_ids[None, :]
+        output = emb.session.session.get_outputs()[0].name
+        result["bank_tokens"] = int(ids.shape[1])
+
+        def embed(emb: Any = emb) -> object:
+            return emb.embed([BANK])
+
+        def bare(emb: Any = emb, ids: np.ndarray = ids, output: str = output) -> object:
+            return emb.session.run(ids, np.ones_like(ids), [output])
+
+        fns[f"embed_{label}"], fns[f"bare_run_{label}"] = embed, bare
+    _section(result, "bank_batch1", out, lambda: _rounds(fns, args.reps))
+    corpus = load_corpus(args.texts)
+    engine = graphs or plain
+    if engine is not None:
+        for batch in (32, 256):
+
+            def calls(batch: int = batch) -> dict[str, float]:
+                return _throughput(engine, corpus, batch)
+
+            _section(result, f"calls_of_{batch}", out, calls)
+    config = json.loads((args.model_dir / "config.json").read_text())
+    if card.get("fp16_matmul_tflops") and isinstance(result.get("calls_of_256"), dict):
+        per_token = encoder_flops_per_token(
+            config["hidden_size"],
+            config["num_hidden_layers"],
+            config["intermediate_size"],
+            round(result["calls_of_256"]["mean_tokens_per_text"]),
         )
-    emb.close()
-    result["server"] = _server(args.model_dir, args.provider, args.reps)
+        achieved = result["calls_of_256"]["tokens_per_s"] * per_token / 1e12
+        result["roofline"] = {
+            "flops_per_token": per_token,
+            "achieved_tflops": achieved,
+            "fraction_of_fp16_matmul": ratio(achieved, card["fp16_matmul_tflops"]),
+        }
+    device = "cuda" if args.provider == "cuda" else "cpu"
+    eager = _section(
+        result, "torch_eager", out, lambda: _torch_eager(args.model_dir, device, args.reps)
+    )
+    bank = result.get("bank_batch1")
+    if eager and isinstance(bank, dict) and bank.get("embed_graphs" if graphs else "embed_plain"):
+        best = min(bank[k]["p50_ms"] for k in ("embed_plain", "embed_graphs") if k in bank)
+        fastest_eager = min(eager[k]["p50_ms"] for k in ("fp32", "fp16") if k in eager)
+        result["speedup_vs_torch_eager"] = ratio(fastest_eager, best)
+    for emb in (plain, graphs):
+        if emb is not None:
+            emb.close()
+    if args.server:
+        _section(result, "server", out, lambda: _server(args.model_dir, args.provider, args.reps))
+    out.write_text(json.dumps(result, indent=1) + "\n")
     return result
 
 
+def _fmt(value: Any, digits: int = 3) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def report(paths: Sequence[Path]) -> str:
+    """Markdown of one or more ``measure`` results."""
+    lines = ["# The CUDA path on a GPU (benchmarks/bench_gpu.py)", ""]
+    for path in paths:
+        r = json.loads(path.read_text())
+        card = r.get("card", {})
+        lines += [
+            f"## {Path(r['model_dir']).name}",
+            "",
+            f"Card: {card.get('card')}; onnxruntime {card.get('onnxruntime')},"
+            f" torch {card.get('torch')} (CUDA {card.get('cuda')}); fp16 matrix rate through"
+            f" cuBLAS {_fmt(card.get('fp16_matmul_tflops'), 0)} TFLOP/s.",
+            f"Engines: {json.dumps(r.get('engines'))}",
+            "",
+            "| figure | value |",
+            "| --- | --- |",
+        ]
+        for key in ("word_cosine_plain", "word_cosine_graphs"):
+            c = r.get(key, {})
+            lines.append(
+                f"| {key} (mean / worst, {c.get('words')} words) |"
+                f" {_fmt(c.get('mean'), 6)} / {_fmt(c.get('worst'), 6)} |"
+            )
+        for name, v in (r.get("bank_batch1") or {}).items():
+            if isinstance(v, dict):
+                rounds = ", ".join(f"{x:.3f}" for x in v["rounds_p50_ms"])
+                lines.append(
+                    f"| bank batch 1 {name} p50 ms ({r.get('bank_tokens')} tokens; rounds) |"
+                    f" {v['p50_ms']:.3f} ({rounds}) |"
+                )
+        eager = r.get("torch_eager") or {}
+        for k in ("fp32", "fp16"):
+            if isinstance(eager.get(k), dict):
+                lines.append(
+                    f"| torch eager {k} p50 ms (random weights) | {eager[k]['p50_ms']:.3f} |"
+                )
+        lines.append(
+            f"| speed-up vs faster torch eager | {_fmt(r.get('speedup_vs_torch_eager'), 1)}x |"
+        )
+        for b in (32, 256):
+            t = r.get(f"calls_of_{b}") or {}
+            lines.append(
+                f"| calls of {b}: texts/s, words/s | {_fmt(t.get('texts_per_s'), 0)},"
+                f" {_fmt(t.get('words_per_s'), 0)} |"
+            )
+        roof = r.get("roofline") or {}
+        lines.append(
+            f"| calls of 256: TFLOP/s, fraction of fp16 matrix rate |"
+            f" {_fmt(roof.get('achieved_tflops'), 1)},"
+            f" {_fmt(roof.get('fraction_of_fp16_matmul'))} |"
+        )
+        server = r.get("server") or {}
+        if "one_client_p50_ms" in server:
+            load = server["clients_32"]
+            lines.append(
+                f"| server {' '.join(server['flags'])}: one client p50 ms; 32 clients texts/s |"
+                f" {server['one_client_p50_ms']:.3f}; {_fmt(load.get('texts_per_s'), 0)} |"
+            )
+        errors = {k: v["error"] for k, v in r.items() if isinstance(v, dict) and "error" in v}
+        if errors:
+            lines += ["", f"Errors: {json.dumps(errors)}"]
+        lines.append("")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     r = sub.add_parser("reference")
     r.add_argument("--source", type=Path, required=True)
@@ -158,18 +385,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     m.add_argument("--model-dir", type=Path, required=True)
     m.add_argument("--reference", type=Path, required=True)
     m.add_argument("--provider", choices=("cuda", "cpu"), default="cuda")
-    m.add_argument("--torch-config", type=Path, default=None, help="a config.json for eager")
+    m.add_argument("--server", action="store_true", help="also measure `ctxembed serve`")
     m.add_argument("--texts", type=int, default=1024)
     m.add_argument("--reps", type=int, default=300)
     m.add_argument("--out", type=Path, required=True)
+    rep = sub.add_parser("report")
+    rep.add_argument("results", type=Path, nargs="+")
     args = p.parse_args(argv)
     if args.command == "reference":
         make_reference(args.source, args.model_dir, args.out)
-        return 0
-    result = measure(args)
-    args.out.write_text(json.dumps(result, indent=1) + "\n")
-    json.dump(result, sys.stdout, indent=1)
-    print()
+    elif args.command == "report":
+        print(report(args.results))
+    else:
+        measure(args)
     return 0
 
 

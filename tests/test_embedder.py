@@ -329,33 +329,6 @@ def test_public_run_path_gives_the_same_vectors(
             np.testing.assert_array_equal(a.vectors, b.vectors)
 
 
-@pytest.mark.gpu
-def test_cuda_fp16_matches_cpu_fp32(fp32_embedder: WordEmbedder, tmp_path: Path) -> None:
-    """fp16 on CUDA against fp32 on the CPU. CTXEMBED_CUDA_MODEL_DIR names a folder exported
-    with ``--target cuda`` elsewhere (for GPU machines without the export extra)."""
-    import os
-
-    import onnxruntime as ort
-
-    if "CUDAExecutionProvider" not in ort.get_available_providers():
-        pytest.skip("onnxruntime has no CUDA provider here")
-    folder = os.environ.get("CTXEMBED_CUDA_MODEL_DIR")
-    if folder is None:
-        from ctxembed.export import ExportOptions, export_model
-
-        folder = str(export_model(ExportOptions(out=tmp_path / "cuda", target="cuda")).out)
-    emb = WordEmbedder.load(folder, provider="cuda")
-    assert emb.session.provider == "CUDAExecutionProvider"
-    assert emb.session.variant.precision == "fp16"
-    texts = [BANK, *load_corpus(20)]
-    for gpu, cpu in zip(emb.embed(texts), fp32_embedder.embed(texts), strict=True):
-        assert gpu.words == cpu.words
-        cos = (gpu.vectors * cpu.vectors).sum(1) / (
-            np.linalg.norm(gpu.vectors, axis=1) * np.linalg.norm(cpu.vectors, axis=1)
-        )
-        assert cos.min() >= 0.995, cos.min()
-
-
 def test_int8_made_for_vnni_warns_on_a_cpu_without_it(
     model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ctxembed.runtime.errors import CtxembedError
-from ctxembed.runtime.settings import EngineSettings
+from ctxembed.runtime.settings import DEFAULT_GRAPH_LENGTHS, RUN_BATCH_TOKENS, EngineSettings
 from ctxembed.runtime.types import POOLINGS, PROVIDERS, EmbedOptions, Limits, TextInput
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -233,7 +233,16 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--run-batch-tokens",
         type=_at_least(1),
         default=e.run_batch_tokens,
-        help="padded tokens per ONNX run (default %(default)s)",
+        help="padded tokens per ONNX run (default: "
+        + ", ".join(f"{n} on {p.upper()}" for p, n in RUN_BATCH_TOKENS.items())
+        + ")",
+    )
+    p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="CUDA: replay single-row runs of up to"
+        f" {DEFAULT_GRAPH_LENGTHS[-1]} tokens from CUDA graphs, padded to"
+        f" {', '.join(map(str, DEFAULT_GRAPH_LENGTHS))} tokens (a copy of the weights per length)",
     )
     p.add_argument(
         "--max-padding",
@@ -354,6 +363,7 @@ def _run_serve(args: argparse.Namespace) -> int:
             parallel_runs=args.parallel_runs,
             stride=args.stride,
             run_batch_tokens=args.run_batch_tokens,
+            cuda_graph_lengths=DEFAULT_GRAPH_LENGTHS if args.cuda_graphs else (),
             max_padding=args.max_padding,
             isolate_rows=False if args.batch_int8_rows else None,
             limits=Limits(

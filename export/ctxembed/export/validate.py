@@ -67,7 +67,7 @@ class Thresholds:
 DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
     "fp32": Thresholds(token_min=0.9999, word_mean=0.9999, word_min=0.9999),
     "int8": Thresholds(word_mean=0.995, word_min=0.98),
-    "fp16": Thresholds(word_mean=0.999, word_min=0.99),
+    "fp16": Thresholds(word_mean=0.999, word_min=0.995),
 }
 
 

@@ -22,8 +22,8 @@ from ctxembed.runtime.errors import Abandoned, InvalidInput, ModelLoadError
 from ctxembed.runtime.manifest import Manifest, load_manifest
 from ctxembed.runtime.pooling import combine_layers, l2_normalize, pool
 from ctxembed.runtime.selection import Units, all_words, select_spans, select_words
-from ctxembed.runtime.session import ModelSession, onnxruntime_version
-from ctxembed.runtime.settings import EngineSettings
+from ctxembed.runtime.session import CUDA, ModelSession, onnxruntime_version
+from ctxembed.runtime.settings import RUN_BATCH_TOKENS, EngineSettings
 from ctxembed.runtime.stages import response_bytes
 from ctxembed.runtime.tokenization import TextTokenizer, TokenizedText
 from ctxembed.runtime.types import (
@@ -95,7 +95,8 @@ class WordEmbedder:
         self.stride = settings.stride or max(1, self.capacity // 2)
         if not 1 <= self.stride <= self.capacity:
             raise ValueError(f"stride must be between 1 and {self.capacity}, got {self.stride}")
-        self.run_batch_tokens = settings.run_batch_tokens
+        default_tokens = RUN_BATCH_TOKENS["cuda" if session.provider == CUDA else "cpu"]
+        self.run_batch_tokens = settings.run_batch_tokens or default_tokens
         self.max_padding = settings.max_padding
         # Dynamic int8 quantizes activations per run over the whole batch: a text's vectors
         # would depend on its batch neighbours, so its windows run alone. Calibrated int8

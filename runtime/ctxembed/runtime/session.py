@@ -19,6 +19,7 @@ import onnxruntime as ort
 
 from ctxembed.runtime.cpu import has_vnni, is_arm
 from ctxembed.runtime.errors import ModelLoadError, ProviderUnavailable
+from ctxembed.runtime.fixed_lengths import FixedLengthRuns
 from ctxembed.runtime.manifest import Manifest, Variant
 from ctxembed.runtime.settings import EngineSettings
 from ctxembed.runtime.types import PROVIDERS
@@ -144,6 +145,8 @@ class ModelSession:
         self.threads = config.threads or physical_cores()
         self.path = model_dir / self.variant.file
         providers = [CUDA, CPU] if provider == "cuda" else [CPU]
+        if provider == "cuda":
+            _preload_cuda_libraries()
         self.session = self._create(_options(self.threads, config), providers)
         self.provider = self.session.get_providers()[0]
         if provider == "cuda" and self.provider != CUDA:
@@ -154,6 +157,12 @@ class ModelSession:
             raise ModelLoadError(f"{self.path} lacks graph inputs {sorted(missing)}")
         self._token_types = "token_type_ids" in inputs
         self._direct = _direct_run(self.session, self.provider)
+        self._graphs: FixedLengthRuns | None = None
+        if config.cuda_graph_lengths and self.provider == CUDA:
+            self._graphs = self._graph_runs(config, manifest.tokenizer.pad_token_id)
+        elif config.cuda_graph_lengths:
+            log.info("CUDA graphs asked for, but running on the CPU: ignored")
+        self.graph_lengths = self._graphs.lengths if self._graphs else ()
         runs = config.parallel_runs or physical_cores()
         self.parallel_runs = runs if self.provider == CPU else 1
         self._row_run: Callable[..., list[np.ndarray]] | None = None
@@ -162,6 +171,26 @@ class ModelSession:
             row_session = self._create(_options(1, config), providers)
             self._row_run = _direct_run(row_session, CPU) or _public_run(row_session)
             self._pool = ThreadPoolExecutor(self.parallel_runs, thread_name_prefix="ctxembed-row")
+
+    def _graph_runs(self, config: EngineSettings, pad_id: int) -> FixedLengthRuns | None:
+        """Single-row runs replayed from CUDA graphs (see fixed_lengths.py); where this model
+        or onnxruntime refuses them, say why and run without."""
+        try:
+            runs = FixedLengthRuns(
+                self.path,
+                config.cuda_graph_lengths,
+                lambda: _options(self.threads, config),
+                [(CUDA, {"enable_cuda_graph": "1"})],
+                pad_id,
+                "cuda",
+                self.session.get_inputs()[0].shape[:2],
+            )
+            runs.warm_up()
+        except Exception as exc:  # onnxruntime raises its own exception types
+            log.warning("CUDA graphs unavailable for %s, running without: %s", self.path, exc)
+            return None
+        log.info("CUDA graphs captured for single rows of up to %s tokens", runs.lengths)
+        return runs
 
     def _create(self, options: ort.SessionOptions, providers: list[str]) -> ort.InferenceSession:
         try:
@@ -178,7 +207,9 @@ class ModelSession:
     def run(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, outputs: Sequence[str]
     ) -> list[np.ndarray]:
-        """One run with all threads."""
+        """One run with all threads (a single row replayed from a CUDA graph where one fits)."""
+        if self._graphs is not None and self._graphs.fits(*input_ids.shape):
+            return self._graphs.run(input_ids, attention_mask, outputs)
         feed = self._feed(input_ids, attention_mask)
         if self._direct is not None:
             return self._direct(list(outputs), feed, None)
@@ -207,6 +238,19 @@ class ModelSession:
         self.parallel_runs = 1
         if pool is not None:
             pool.shutdown(wait=True)
+
+
+def _preload_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from the nvidia-* wheels (onnxruntime-gpu[cuda,cudnn], or torch's)
+    when they are installed: the CUDA provider finds them there only once they are loaded.
+    System-wide installs need nothing, so a failure here is only logged."""
+    preload = getattr(ort, "preload_dlls", None)  # onnxruntime >= 1.21
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception as exc:  # what is missing shows when the session starts
+        log.debug("onnxruntime.preload_dlls: %s", exc)
 
 
 def _options(threads: int, config: EngineSettings) -> ort.SessionOptions:
