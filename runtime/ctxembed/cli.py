@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from ctxembed.runtime.errors import CtxembedError
-from ctxembed.runtime.settings import DEFAULT_GRAPH_LENGTHS, RUN_BATCH_TOKENS, EngineSettings
+from ctxembed.runtime.settings import (
+    DEFAULT_GRAPH_LENGTHS,
+    MAX_PADDING,
+    RUN_BATCH_TOKENS,
+    EngineSettings,
+)
 from ctxembed.runtime.types import POOLINGS, PROVIDERS, EmbedOptions, Limits, TextInput
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -248,7 +253,9 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--max-padding",
         type=_at_least(0, integer=False),
         default=e.max_padding,
-        help="padding per ONNX run, as a fraction of its real tokens (default %(default)s)",
+        help="padding per ONNX run, as a fraction of its real tokens (default: "
+        + ", ".join(f"{n} on {p.upper()}" for p, n in MAX_PADDING.items())
+        + ")",
     )
     p.add_argument(
         "--batch-int8-rows",

@@ -23,7 +23,7 @@ from ctxembed.runtime.manifest import Manifest, load_manifest
 from ctxembed.runtime.pooling import combine_layers, l2_normalize, pool
 from ctxembed.runtime.selection import Units, all_words, select_spans, select_words
 from ctxembed.runtime.session import CUDA, ModelSession, onnxruntime_version
-from ctxembed.runtime.settings import RUN_BATCH_TOKENS, EngineSettings
+from ctxembed.runtime.settings import MAX_PADDING, RUN_BATCH_TOKENS, EngineSettings
 from ctxembed.runtime.stages import response_bytes
 from ctxembed.runtime.tokenization import TextTokenizer, TokenizedText
 from ctxembed.runtime.types import (
@@ -95,9 +95,10 @@ class WordEmbedder:
         self.stride = settings.stride or max(1, self.capacity // 2)
         if not 1 <= self.stride <= self.capacity:
             raise ValueError(f"stride must be between 1 and {self.capacity}, got {self.stride}")
-        default_tokens = RUN_BATCH_TOKENS["cuda" if session.provider == CUDA else "cpu"]
-        self.run_batch_tokens = settings.run_batch_tokens or default_tokens
-        self.max_padding = settings.max_padding
+        device = "cuda" if session.provider == CUDA else "cpu"
+        self.run_batch_tokens = settings.run_batch_tokens or RUN_BATCH_TOKENS[device]
+        padding = settings.max_padding
+        self.max_padding = MAX_PADDING[device] if padding is None else padding
         # Dynamic int8 quantizes activations per run over the whole batch: a text's vectors
         # would depend on its batch neighbours, so its windows run alone. Calibrated int8
         # (the export default) has fixed scales and batches like fp32.

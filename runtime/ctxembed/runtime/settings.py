@@ -11,6 +11,8 @@ from ctxembed.runtime.types import Limits, Provider
 
 # Padded tokens per ONNX run by provider, where EngineSettings.run_batch_tokens is None.
 RUN_BATCH_TOKENS = {"cpu": 256, "cuda": 8192}
+# Padding per run by provider, where EngineSettings.max_padding is None (see there).
+MAX_PADDING = {"cpu": 0.1, "cuda": 1.0}
 # CUDA graph lengths of --cuda-graphs, in tokens with the specials: most requests (a sentence
 # or two) fit the first two.
 DEFAULT_GRAPH_LENGTHS = (16, 32, 64, 128)
@@ -35,9 +37,10 @@ class EngineSettings:
     # similar length were fastest on these cache-bound CPUs (see README, "Measured choices");
     # a GPU wants large ones.
     run_batch_tokens: int | None = None
-    # Padding allowed in one run, as a fraction of its real tokens: padded tokens cost as much
-    # as real ones.
-    max_padding: float = 0.1
+    # Padding allowed in one run, as a fraction of its real tokens; None: MAX_PADDING for the
+    # provider. On a CPU padded tokens cost as much as real ones; on a GPU a short run costs
+    # its kernel launches whatever its length, so fewer, more padded runs win.
+    max_padding: float | None = None
     # Run every window alone; None: only for int8 with dynamic activation scales, whose
     # vectors would otherwise depend on their batch neighbours.
     isolate_rows: bool | None = None
@@ -54,7 +57,7 @@ class EngineSettings:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if self.run_batch_tokens is not None and self.run_batch_tokens < 1:
             raise ValueError(f"run_batch_tokens must be at least 1, got {self.run_batch_tokens}")
-        if self.max_padding < 0:
+        if self.max_padding is not None and self.max_padding < 0:
             raise ValueError(f"max_padding must be >= 0, got {self.max_padding}")
         if any(n < 1 for n in self.cuda_graph_lengths):
             raise ValueError(f"cuda_graph_lengths must be positive, got {self.cuda_graph_lengths}")
