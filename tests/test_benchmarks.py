@@ -154,3 +154,26 @@ def test_report_renders(tmp_path: Path) -> None:
         " 850 at batch 8 texts/s; a bare grpc.aio echo server 4000 requests/s to 32 clients"
     ) in md
     assert plots(result, tmp_path, "quick")
+
+
+def test_gpu_script_dry_run_on_the_cpu(model_dir: Path, tmp_path: Path) -> None:
+    """bench_gpu's whole measure path with --provider cpu, so the GPU run cannot rot unseen."""
+    import json
+
+    from benchmarks import bench_gpu
+    from ctxembed.export.source import embedded_model_dir
+
+    ref, out = tmp_path / "ref.npz", tmp_path / "gpu.json"
+    bench_gpu.make_reference(embedded_model_dir(), model_dir, ref)
+    args = ["--model-dir", str(model_dir), "--reference", str(ref), "--provider", "cpu"]
+    flags = ["--reps", "3", "--texts", "8", "--paddings", "1.0", "--out", str(out)]
+    assert bench_gpu.main(["measure", *args, *flags]) == 0
+    result = json.loads(out.read_text())
+    errors = {k: v for k, v in result.items() if isinstance(v, dict) and "error" in v}
+    assert not errors
+    assert result["word_cosine_plain"]["words"] > 2000
+    assert result["word_cosine_plain"]["mean"] > 0.98  # the int8 variant on the CPU
+    assert {"embed_plain", "bare_run_graphs"} <= set(result["bank_batch1"])
+    assert result["calls_of_256_padding_1.0"]["max_padding"] == 1.0
+    assert "fp32" in result["torch_eager"]
+    assert "| bank batch 1 embed_plain" in bench_gpu.report([out])

@@ -58,7 +58,7 @@ def test_padded_runs_equal_unpadded_ones(
 def test_embedder_with_graph_lengths_on_cpu_ignores_them(model_dir: Path) -> None:
     emb = WordEmbedder.load(model_dir, "cpu", cuda_graph_lengths=(16,))
     assert emb.session.graph_lengths == ()
-    assert emb.run_batch_tokens == 256  # the CPU's default
+    assert (emb.run_batch_tokens, emb.max_padding) == (256, 0.1)  # the CPU's defaults
     with pytest.raises(ValueError, match="cuda_graph_lengths"):
         EngineSettings(cuda_graph_lengths=(0,))
 
