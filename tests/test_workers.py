@@ -60,3 +60,37 @@ def test_two_workers_share_the_port_drain_and_restart(model_dir: Path) -> None:
     code, log = server.finish(timeout=60)
     assert code == 0, log
     assert "2 workers exited with [0, 0]" in log and "Traceback" not in log
+
+
+def test_workers_share_one_metrics_endpoint(model_dir: Path) -> None:
+    from test_metrics import scrape
+
+    server = ProcessServer(model_dir, "--workers", "2", "--metrics-port", "0")
+    try:
+        deadline = time.monotonic() + 60
+        while not any("serving with 2 workers" in line for line in server.lines):
+            assert time.monotonic() < deadline, "".join(server.lines)
+            time.sleep(0.05)
+        ready = next(line for line in server.lines if "serving with 2 workers" in line)
+        found = re.search(r"metrics on (http://127\.0\.0\.1:\d+/metrics)", ready)
+        assert found, ready
+        files = next(line for line in server.lines if "multiprocess files in" in line)
+        folder = Path(files.rsplit(" in ", 1)[1].strip())
+        calls = 16
+        for _ in range(calls):  # a connection each: the kernel spreads them over both workers
+            with Client(server.address) as client:
+                client.embed(["river bank", "bank"])
+        m = scrape(found.group(1))
+        ok = (("code", "OK"), ("method", "Embed"))
+        assert m[("ctxembed_requests_total", ok)] == calls
+        assert m[("ctxembed_texts_total", ())] == 2 * calls
+        assert m[("ctxembed_words_total", ())] == 3 * calls
+        info = [k for k in m if k[0] == "ctxembed_model_info"]
+        assert len(info) == 1 and m[info[0]] == 1
+        pids = {f.stem.rsplit("_", 1)[1] for f in folder.glob("counter_*.db")}
+        assert pids == {str(pid) for pid in _worker_pids(server)}, "both workers counted"
+    finally:
+        server.proc.send_signal(signal.SIGTERM)
+    code, log = server.finish(timeout=60)
+    assert code == 0, log
+    assert not folder.exists(), "the supervisor removes the metrics folder"

@@ -80,27 +80,31 @@ def read_chunks(
         yield chunk
 
 
-def _table(pa: Any, rows: list[tuple[int, WordEmbeddings]], dimension: int) -> Any:
+def word_columns(pa: Any, results: Sequence[WordEmbeddings], dimension: int) -> dict[str, Any]:
+    """``word``, ``start``, ``end`` and ``vector`` (fixed-size list of float32) of every word
+    of ``results``, in order: the row layout shared by embed-file and the Ray adapter."""
     import numpy as np
 
-    indices, words, starts, ends, vectors = [], [], [], [], []
-    for index, result in rows:
+    words, starts, ends, vectors = [], [], [], []
+    for result in results:
         for word in result.words:
-            indices.append(index)
             words.append(word.text)
             starts.append(word.start)
             ends.append(word.end)
         vectors.append(np.asarray(result.vectors, dtype=np.float32).reshape(-1, dimension))
     flat = np.concatenate(vectors).reshape(-1) if vectors else np.zeros(0, np.float32)
-    return pa.table(
-        {
-            "text_index": pa.array(indices, pa.int64()),
-            "word": pa.array(words, pa.string()),
-            "start": pa.array(starts, pa.int32()),
-            "end": pa.array(ends, pa.int32()),
-            "vector": pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dimension),
-        }
-    )
+    return {
+        "word": pa.array(words, pa.string()),
+        "start": pa.array(starts, pa.int32()),
+        "end": pa.array(ends, pa.int32()),
+        "vector": pa.FixedSizeListArray.from_arrays(pa.array(flat, pa.float32()), dimension),
+    }
+
+
+def _table(pa: Any, rows: list[tuple[int, WordEmbeddings]], dimension: int) -> Any:
+    indices = [index for index, result in rows for _ in result.words]
+    columns = word_columns(pa, [result for _, result in rows], dimension)
+    return pa.table({"text_index": pa.array(indices, pa.int64()), **columns})
 
 
 def embed_file(

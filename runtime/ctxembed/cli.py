@@ -401,9 +401,6 @@ def _run_serve(args: argparse.Namespace) -> int:
         if args.workers > 1:
             from ctxembed.service.workers import Supervisor
 
-            if args.metrics_port is not None:
-                print("error: --metrics-port with --workers is not supported yet", file=sys.stderr)
-                return 2
             event_loop.resolve(args.event_loop)
             return Supervisor(settings, args.workers, args.event_loop).run()
         return event_loop.run(serve(settings), args.event_loop)

@@ -4,14 +4,29 @@
 Each server gets its own registry (tests run several in one process); ``/metrics`` is served over
 plain HTTP by prometheus-client's own server on ``--metrics-host`` (127.0.0.1 by default, no
 authentication: put it on a private interface).
+
+With ``--workers N`` each worker writes its values to prometheus-client's multiprocess files
+(``PROMETHEUS_MULTIPROC_DIR``, a folder the supervisor makes) and the supervisor serves one
+``/metrics`` that adds the workers up (``serve_workers``).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    multiprocess,
+    start_http_server,
+    values,
+)
 
 from ctxembed.runtime.types import ModelInfo, WordEmbeddings
 
@@ -24,7 +39,14 @@ STAGES = ("queue", "tokenize", "inference", "pool", "serialize")
 
 
 class Metrics:
-    def __init__(self, info: ModelInfo, version: str, queue_depth: Callable[[], int]) -> None:
+    def __init__(
+        self,
+        info: ModelInfo,
+        version: str,
+        queue_depth: Callable[[], int],
+        shared: bool = False,
+    ) -> None:
+        """``shared``: a worker's metrics, written to the multiprocess files."""
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -51,14 +73,20 @@ class Metrics:
         self.batch_tokens = Histogram(
             "ctxembed_batch_tokens", "Tokens per micro-batch", buckets=TOKEN_BUCKETS, registry=r
         )
-        depth = Gauge("ctxembed_queue_depth", "Requests waiting for a batch", registry=r)
-        depth.set_function(queue_depth)
+        # A callback gauge cannot cross processes: workers set it at each batch and response.
+        self._depth = Gauge(
+            "ctxembed_queue_depth", "Requests waiting for a batch (all workers)",
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self._queue_depth = queue_depth if shared else None
+        if not shared:
+            self._depth.set_function(queue_depth)
         self.texts = Counter("ctxembed_texts", "Texts embedded", registry=r)
         self.words = Counter("ctxembed_words", "Word vectors returned", registry=r)
         self.tokens = Counter("ctxembed_tokens", "Tokens run through the model", registry=r)
         model = Gauge(
             "ctxembed_model_info", "The model served (always 1)",
-            ["model", "precision", "provider", "version"], registry=r,
+            ["model", "precision", "provider", "version"], registry=r, multiprocess_mode="max",
         )  # fmt: skip
         model.labels(info.name, info.precision, info.execution_provider, version).set(1)
         self._server: Any = None
@@ -73,9 +101,14 @@ class Metrics:
             self._server.shutdown()
             self._server.server_close()
 
+    def _refresh_depth(self) -> None:
+        if self._queue_depth is not None:
+            self._depth.set(self._queue_depth())
+
     def record_request(self, method: str, code: str, seconds: float) -> None:
         self.requests.labels(method, code).inc()
         self.duration.labels(method).observe(seconds)
+        self._refresh_depth()
 
     def record_results(self, results: list[WordEmbeddings]) -> None:
         self.texts.inc(len(results))
@@ -87,6 +120,41 @@ class Metrics:
         self.tokens.inc(tokens)
         for stage, seconds in stage_seconds.items():
             self.stages[stage].observe(seconds)
+        self._refresh_depth()
 
     def record_stage(self, stage: str, seconds: float) -> None:
         self.stages[stage].observe(seconds)
+
+
+class WorkerMetrics:
+    """The supervisor's side of ``--workers`` with ``--metrics-port``: the multiprocess folder,
+    shared by the workers it forks, and the one /metrics endpoint that adds them up."""
+
+    def __init__(self) -> None:
+        self.path = tempfile.mkdtemp(prefix="ctxembed-metrics-")
+        # Read by prometheus-client in each worker (see use_multiprocess_files).
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = self.path
+        self._server: Any = None
+
+    def serve(self, host: str, port: int) -> int:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self.path)
+        self._server, _ = start_http_server(port, addr=host, registry=registry)
+        return int(self._server.server_port)
+
+    def worker_exited(self, pid: int) -> None:
+        """A dead worker's live gauges (its queue depth) leave the sums."""
+        multiprocess.mark_process_dead(pid, path=self.path)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def use_multiprocess_files() -> None:
+    """In a forked worker: write values to PROMETHEUS_MULTIPROC_DIR. prometheus-client picks its
+    value class when first imported, which may have been before the supervisor set the folder."""
+    values.ValueClass = values.get_value_class()

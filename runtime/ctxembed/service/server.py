@@ -94,8 +94,10 @@ async def start_server(
     batcher_settings = replace(settings.batcher, max_response_bytes=settings.max_send_mb * MiB)
     batcher = MicroBatcher(model, batcher_settings)
     metrics = None
-    if settings.metrics_port is not None:
-        metrics = Metrics(model.info(), server_version(), lambda: batcher.queued)
+    if settings.metrics_port is not None or settings.metrics_shared:
+        metrics = Metrics(
+            model.info(), server_version(), lambda: batcher.queued, settings.metrics_shared
+        )
         batcher.metrics = metrics
     auth = None
     if settings.auth_token_file is not None:
@@ -136,7 +138,7 @@ async def start_server(
             model.close()
         raise ServeError(f"cannot listen on {address}: {exc}") from None
     metrics_port = None
-    if metrics is not None:
+    if metrics is not None and not settings.metrics_shared:
         try:
             metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port or 0)
         except OSError as exc:

@@ -54,6 +54,9 @@ class ServerSettings:
     health_port: int | None = None  # health alone, in plaintext, for probes beside mTLS
     metrics_port: int | None = None  # Prometheus /metrics over HTTP; 0 picks a free port
     metrics_host: str = "127.0.0.1"
+    # A worker of --workers: record metrics in prometheus-client's multiprocess files, which
+    # the supervisor serves on metrics_port for all workers together.
+    metrics_shared: bool = False
     access_log: bool = False  # one line per call: method, peer, code, ms, texts, tokens
     # Several worker processes share the port (ctxembed serve --workers); a lone server keeps
     # reuseport off so that a second one on a taken port fails instead of sharing it.

@@ -6,7 +6,8 @@ still fails), then forks N workers before any gRPC server or channel exists; eac
 same port with ``grpc.so_reuseport`` and owns its model session, with the cores split between
 them. The kernel spreads *connections*, not calls: one client channel stays on one worker.
 SIGTERM/SIGINT reach every worker, which drain as a lone server does; SIGHUP too (token
-reload); a worker that dies is logged and restarted.
+reload); a worker that dies is logged and restarted. With ``--metrics-port`` the workers write
+prometheus-client's multiprocess files and the supervisor serves one /metrics for all of them.
 """
 
 from __future__ import annotations
@@ -21,10 +22,13 @@ import socket
 import time
 from dataclasses import replace
 from multiprocessing.context import ForkProcess
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ctxembed.runtime.session import physical_cores
 from ctxembed.service.settings import ServeError, ServerSettings
+
+if TYPE_CHECKING:
+    from ctxembed.service.metrics import WorkerMetrics
 
 log = logging.getLogger("ctxembed.service")
 READY_TIMEOUT_S = 120.0
@@ -50,7 +54,15 @@ def worker_settings(settings: ServerSettings, workers: int, port: int) -> Server
         threads=engine.threads or share,
         parallel_runs=engine.parallel_runs or share,
     )
-    return replace(settings, port=port, reuse_port=True, engine=engine)
+    shared = settings.metrics_port is not None
+    return replace(
+        settings,
+        port=port,
+        reuse_port=True,
+        engine=engine,
+        metrics_port=None,  # the supervisor serves /metrics
+        metrics_shared=shared,
+    )
 
 
 def _worker(settings: ServerSettings, loop_choice: str, index: int, ready: Any) -> None:
@@ -59,6 +71,10 @@ def _worker(settings: ServerSettings, loop_choice: str, index: int, ready: Any) 
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)  # the worker's own loop takes them over
+    if settings.metrics_shared:
+        from ctxembed.service.metrics import use_multiprocess_files
+
+        use_multiprocess_files()
     code = event_loop.run(serve(settings, on_ready=lambda _: ready.put(index)), loop_choice)
     raise SystemExit(code)
 
@@ -69,6 +85,12 @@ class Supervisor:
             raise ValueError("a supervisor runs at least two workers")
         self.port = reserve_port(settings.host, settings.port)
         self.settings = worker_settings(settings, workers, self.port)
+        self.metrics_host, self.metrics_port = settings.metrics_host, settings.metrics_port
+        self.metrics: WorkerMetrics | None = None
+        if settings.metrics_port is not None:
+            from ctxembed.service.metrics import WorkerMetrics
+
+            self.metrics = WorkerMetrics()  # before the fork: the workers inherit its folder
         self.workers = workers
         self.loop_choice = loop_choice
         self.context = multiprocessing.get_context("fork")  # before any gRPC object exists
@@ -105,16 +127,28 @@ class Supervisor:
                 self._forward(signal.SIGTERM, None)
                 self._join()
                 raise ServeError("a worker did not start; see the log above") from None
+        extras = ""
+        if self.metrics is not None:
+            try:
+                port = self.metrics.serve(self.metrics_host, self.metrics_port or 0)
+            except OSError as exc:
+                self._forward(signal.SIGTERM, None)
+                self._join()
+                where = f"{self.metrics_host}:{self.metrics_port}"
+                raise ServeError(f"cannot serve metrics on {where}: {exc}") from None
+            extras = f", metrics on http://{self.metrics_host}:{port}/metrics"
+            log.info("workers' prometheus multiprocess files in %s", self.metrics.path)
         engine = self.settings.engine
         log.info(
             "ctxembed serving with %d workers (%d threads, %d parallel runs each) on %s:%d,"
-            " ready in %.2f s",
+            " ready in %.2f s%s",
             self.workers,
             engine.threads,
             engine.parallel_runs,
             self.settings.host,
             self.port,
             time.perf_counter() - started,
+            extras,
         )
         while not self.stopping:
             for index, proc in enumerate(self.procs):
@@ -126,6 +160,8 @@ class Supervisor:
                         proc.exitcode,
                     )
                     self.restarts += 1
+                    if self.metrics is not None and proc.pid is not None:
+                        self.metrics.worker_exited(proc.pid)
                     self.procs[index] = self._start(index)
             # Never block here: a SIGTERM must be able to stop a worker still starting.
             with contextlib.suppress(queue.Empty):
@@ -142,5 +178,7 @@ class Supervisor:
                 proc.kill()
                 proc.join()
         codes = [proc.exitcode for proc in self.procs]
+        if self.metrics is not None:
+            self.metrics.close()
         log.info("ctxembed stopped: %d workers exited with %s", self.workers, codes)
         return 0 if all(code == 0 for code in codes) else 1
