@@ -10,7 +10,7 @@ MODEL_DIR ?= models/all-MiniLM-L6-v2
 HOST ?= 127.0.0.1
 PORT ?= 50051
 
-.PHONY: venv lint test test-fast test-slow stress export serve mpnet image base-image bench bench-full bench-int8 proto clean
+.PHONY: venv lint test test-fast test-slow stress export serve mpnet image base-image bench bench-full bench-int8 bench-scale proto clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -67,6 +67,11 @@ bench: $(BENCH_STAMP)
 bench-full: $(BENCH_STAMP)
 	test -f $(MODEL_DIR)/manifest.json || $(BENCH_BIN)/ctxembed export --out $(MODEL_DIR)
 	$(BENCH_BIN)/python -m benchmarks.run --model-dir $(MODEL_DIR)
+
+# Scale-out: replicas behind one client (1 vs 3), bulk words/s in process, embed_file and Ray.
+bench-scale: $(BENCH_STAMP)
+	test -f $(MODEL_DIR)/manifest.json || $(BENCH_BIN)/ctxembed export --out $(MODEL_DIR)
+	$(BENCH_BIN)/python -m benchmarks.bench_scale --model-dir $(MODEL_DIR)
 
 # int8 schemes on both real models: accuracy on held-out texts and speed against dynamic int8.
 bench-int8: $(BENCH_STAMP)

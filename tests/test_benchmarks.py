@@ -177,3 +177,22 @@ def test_gpu_script_dry_run_on_the_cpu(model_dir: Path, tmp_path: Path) -> None:
     assert result["calls_of_256_padding_1.0"]["max_padding"] == 1.0
     assert "fp32" in result["torch_eager"]
     assert "| bank batch 1 embed_plain" in bench_gpu.report([out])
+
+
+def test_scale_report_renders() -> None:
+    from benchmarks.bench_scale import markdown as scale_markdown
+
+    server = {"texts_per_s": 600.0, "rounds_texts_per_s": [590.0, 610.0], "p50_ms": 50.0}
+    result = {
+        "machine": "test cpu, 2 vCPUs",
+        "rounds": 2,
+        "texts": 10,
+        "replicas": {
+            "1 server (defaults)": {**server, "errors": 0, "calls_per_server": [100]},
+            "3 replicas (one core each)": {**server, "errors": 0, "calls_per_server": [1, 2, 3]},
+        },
+        "bulk": {"in process": {"words_per_s": 9.0, "rounds_words_per_s": [8.0, 10.0], "words": 5}},
+    }
+    text = scale_markdown(result)
+    assert "| 3 replicas (one core each) | 600 | 590, 610 | 50.0 | 0 | [1, 2, 3] |" in text
+    assert "| in process | 9 | 8, 10 | 5 |" in text
