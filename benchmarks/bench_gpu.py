@@ -152,10 +152,13 @@ def _torch_eager(config_dir: Path, device: str, reps: int) -> dict[str, Any]:
     return out
 
 
-def _server(model_dir: Path, provider: str, graphs: bool, reps: int) -> dict[str, Any]:
+def _server(
+    model_dir: Path, provider: str, graphs: bool, reps: int, workers: int = 1
+) -> dict[str, Any]:
     from benchmarks import bench_grpc
 
     flags = ["--provider", provider] + (["--cuda-graphs"] if graphs else [])
+    flags += ["--workers", str(workers)] if workers > 1 else []
     server, startup = bench_grpc.start_server(model_dir, flags)
     try:
         single = bench_grpc.one_client(server.address, reps)
@@ -385,7 +388,7 @@ def report(paths: Sequence[Path]) -> str:
             f" {_fmt(roof.get('achieved_tflops'), 1)},"
             f" {_fmt(roof.get('fraction_of_fp16_matmul'))} |"
         )
-        for key in ("server", "server_graphs"):
+        for key in sorted(k for k in r if k.startswith("server")):
             server = r.get(key) or {}
             if "one_client_p50_ms" in server:
                 load = server["clients_32"]
@@ -422,11 +425,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="max_padding values measured beside the default (comma-separated)",
     )
     m.add_argument("--out", type=Path, required=True)
+    w = sub.add_parser("workers", help="`serve --cuda-graphs` at several --workers counts")
+    w.add_argument("--model-dir", type=Path, required=True)
+    w.add_argument("--provider", choices=("cuda", "cpu"), default="cuda")
+    w.add_argument("--counts", type=lambda v: [int(x) for x in v.split(",")], default=[1, 2, 4])
+    w.add_argument("--reps", type=int, default=300)
+    w.add_argument("--out", type=Path, required=True)
     rep = sub.add_parser("report")
     rep.add_argument("results", type=Path, nargs="+")
     args = p.parse_args(argv)
     if args.command == "reference":
         make_reference(args.source, args.model_dir, args.out)
+    elif args.command == "workers":
+        result: dict[str, Any] = {"model_dir": str(args.model_dir)}
+        _section(result, "card", args.out, lambda: _card(args.provider))
+        for n in args.counts:
+
+            def serve(n: int = n) -> dict[str, Any]:
+                graphs = args.provider == "cuda"
+                return _server(args.model_dir, args.provider, graphs, args.reps, n)
+
+            _section(result, f"server_graphs_workers_{n}", args.out, serve)
     elif args.command == "report":
         print(report(args.results))
     else:

@@ -57,8 +57,11 @@ def import_torch_seconds() -> float:
         return float("nan")
 
 
-def load(address: str, concurrency: int, seconds: float, texts: int | None) -> dict[str, Any]:
+def load(
+    address: str, concurrency: int, seconds: float, texts: int | None, channels: int = 1
+) -> dict[str, Any]:
     limit = ["--texts", str(texts)] if texts else []
+    limit += ["--channels", str(channels)]
     out = subprocess.run(
         [
             sys.executable,
@@ -182,11 +185,12 @@ def run_setting(
     seconds: float,
     reps: int,
     texts: int | None = None,
+    channels: int = 1,
 ) -> dict[str, Any]:
     server, startup = start_server(model_dir, extra)
     try:
         single = one_client(server.address, reps)
-        sweep = [load(server.address, c, seconds, texts) for c in levels]
+        sweep = [load(server.address, c, seconds, texts, min(c, channels)) for c in levels]
         rss = server.peak_rss_mb
     finally:
         stats = stop(server)

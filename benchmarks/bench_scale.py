@@ -2,12 +2,14 @@
 
     python -m benchmarks.bench_scale --model-dir DIR [--seconds 5] [--rounds 2] [--texts 2000]
 
-1. One client channel (32 concurrent calls, the corpus) against 1 server, then against 3
+1. `serve` vs `serve --workers 2` (32 concurrent calls over 8 connections: the kernel spreads
+   connections over workers, not calls).
+2. One client channel (32 concurrent calls, the corpus) against 1 server, then against 3
    servers behind gRPC's round_robin (``ipv4:127.0.0.1:a,127.0.0.1:b,127.0.0.1:c``), in
    interleaved rounds; each server's share of the calls from its own counters. On one machine
    the replicas share its cores, so each of the 3 gets ``--threads 1 --parallel-runs 1``, and
    the 1-server setting is measured both with its defaults and with that same one core.
-2. Bulk: the first ``--texts`` corpus lines in process (``embed`` in calls of 32), through
+3. Bulk: the first ``--texts`` corpus lines in process (``embed`` in calls of 32), through
    ``embed_file`` (the same engine, plus Parquet parts and assembly), and through Ray Data
    (``WordEmbeddingActor``, two actors of one core on ``ray.init(num_cpus=2)``; the time
    includes starting the actors, not Ray itself), in interleaved rounds.
@@ -38,12 +40,15 @@ def _start(model_dir: Path, flags: Sequence[str]) -> ProcessServer:
     return server
 
 
-def replicas(model_dir: Path, seconds: float, rounds: int) -> dict[str, Any]:
-    settings: dict[str, list[list[str]]] = {
-        "1 server (defaults)": [[]],
-        "1 server (one core)": [ONE_CORE],
-        "3 replicas (one core each)": [ONE_CORE] * 3,
-    }
+def servers(
+    model_dir: Path,
+    settings: dict[str, list[list[str]]],
+    seconds: float,
+    rounds: int,
+    channels: int,
+) -> dict[str, Any]:
+    """32 calls in flight over ``channels`` connections against each setting's servers (several:
+    one client, round_robin), in interleaved rounds."""
     servers = {name: [_start(model_dir, f) for f in flags] for name, flags in settings.items()}
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in settings}
     try:
@@ -51,7 +56,7 @@ def replicas(model_dir: Path, seconds: float, rounds: int) -> dict[str, Any]:
             for name, group in servers.items():
                 hosts = ",".join(s.address for s in group)
                 target = hosts if len(group) == 1 else f"ipv4:{hosts}"
-                runs[name].append(bench_grpc.load(target, 32, seconds, 1024))
+                runs[name].append(bench_grpc.load(target, 32, seconds, 1024, channels))
     finally:
         shares = {name: [bench_grpc.stop(s) for s in group] for name, group in servers.items()}
     result: dict[str, Any] = {}
@@ -65,6 +70,25 @@ def replicas(model_dir: Path, seconds: float, rounds: int) -> dict[str, Any]:
             "calls_per_server": done,
         }
     return result
+
+
+def replicas(model_dir: Path, seconds: float, rounds: int) -> dict[str, Any]:
+    settings: dict[str, list[list[str]]] = {
+        "1 server (defaults)": [[]],
+        "1 server (one core)": [ONE_CORE],
+        "3 replicas (one core each)": [ONE_CORE] * 3,
+    }
+    return servers(model_dir, settings, seconds, rounds, channels=1)
+
+
+def workers(model_dir: Path, seconds: float, rounds: int) -> dict[str, Any]:
+    """`serve` vs `serve --workers 2`, both with 8 client connections: the kernel spreads
+    connections, not calls, so one connection would reach one worker."""
+    settings: dict[str, list[list[str]]] = {
+        "--workers 1": [[]],
+        "--workers 2": [["--workers", "2"]],
+    }
+    return servers(model_dir, settings, seconds, rounds, channels=8)
 
 
 def _in_process(embedder: Any, texts: list[str]) -> dict[str, float]:
@@ -144,19 +168,28 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Machine: {result['machine']}. Medians of {result['rounds']} interleaved rounds.",
         "",
-        "## Replicas behind one client (32 concurrent calls, round_robin)",
-        "",
-        "| setting | texts/s | rounds | p50 ms | errors | calls per server |",
-        "| --- | --- | --- | --- | --- | --- |",
     ]
-    for name, r in result["replicas"].items():
-        rounds = ", ".join(f"{x:.0f}" for x in r["rounds_texts_per_s"])
-        lines.append(
-            f"| {name} | {r['texts_per_s']:.0f} | {rounds} | {r['p50_ms']:.1f} | {r['errors']} |"
-            f" {r['calls_per_server']} |"
-        )
+    titles = {
+        "workers": "Workers of one server (32 concurrent calls over 8 connections)",
+        "replicas": "Replicas behind one client (32 concurrent calls, one channel, round_robin)",
+    }
+    for part, title in titles.items():
+        if part not in result:
+            continue
+        lines += [
+            f"## {title}",
+            "",
+            "| setting | texts/s | rounds | p50 ms | errors | calls per server |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for name, r in result[part].items():
+            rounds = ", ".join(f"{x:.0f}" for x in r["rounds_texts_per_s"])
+            lines.append(
+                f"| {name} | {r['texts_per_s']:.0f} | {rounds} | {r['p50_ms']:.1f} |"
+                f" {r['errors']} | {r['calls_per_server']} |"
+            )
+        lines.append("")
     lines += [
-        "",
         f"## Bulk words/s ({result['texts']} corpus texts)",
         "",
         "| way | words/s | rounds | words |",
@@ -183,6 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "machine": f"{facts['cpu']}, {facts['logical_cpus']} vCPUs",
         "rounds": args.rounds,
         "texts": args.texts,
+        "workers": workers(args.model_dir, args.seconds, args.rounds),
         "replicas": replicas(args.model_dir, args.seconds, args.rounds),
         "bulk": bulk(args.model_dir, args.texts, args.rounds),
     }

@@ -25,17 +25,26 @@ from ctxembed.v1 import embedder_pb2_grpc as pb_grpc
 
 
 async def run(
-    server: str, concurrency: int, seconds: float, warmup: float, limit: int | None
+    server: str,
+    concurrency: int,
+    seconds: float,
+    warmup: float,
+    limit: int | None,
+    channels: int = 1,
 ) -> dict[str, float]:
+    """``concurrency`` closed-loop clients over ``channels`` channels (connections): the kernel
+    spreads `serve --workers` connections, not calls, so one channel reaches one worker."""
     texts = load_corpus(limit)
     latencies: list[float] = []
     counts = {"texts": 0, "words": 0, "errors": 0}
-    async with grpc.aio.insecure_channel(server, options=CHANNEL_OPTIONS) as channel:
-        stub = pb_grpc.WordEmbedderStub(channel)
+    opened = [grpc.aio.insecure_channel(server, options=CHANNEL_OPTIONS) for _ in range(channels)]
+    stubs = [pb_grpc.WordEmbedderStub(channel) for channel in opened]
+    try:
         start = time.perf_counter()
         measure_from, stop_at = start + warmup, start + warmup + seconds
 
         async def client(k: int) -> None:
+            stub = stubs[k % len(stubs)]
             i = k * 997
             while (now := time.perf_counter()) < stop_at:
                 request = pb.EmbedRequest(inputs=[pb.TextInput(text=texts[i % len(texts)])])
@@ -51,6 +60,9 @@ async def run(
                     counts["words"] += len(response.results[0].words)
 
         await asyncio.gather(*(client(k) for k in range(concurrency)))
+    finally:
+        for channel in opened:
+            await channel.close(None)
     return {
         "concurrency": concurrency,
         **percentiles(latencies),
@@ -67,11 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--texts", type=int, default=None, help="corpus lines to cycle through")
+    p.add_argument("--channels", type=int, default=1, help="connections the clients share")
     args = p.parse_args(argv)
-    json.dump(
-        asyncio.run(run(args.server, args.concurrency, args.seconds, args.warmup, args.texts)),
-        sys.stdout,
+    result = asyncio.run(
+        run(args.server, args.concurrency, args.seconds, args.warmup, args.texts, args.channels)
     )
+    json.dump(result, sys.stdout)
     return 0
 
 

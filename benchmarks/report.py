@@ -19,7 +19,7 @@ ENGINE_NAMES = {
 SETTINGS = {
     "uvloop": "on uvloop (`--event-loop uvloop`)",
     "no_spinning": "with `--no-spinning`",
-    "workers_2": "with `--workers 2` (one process per core)",
+    "workers_2": "with `--workers 2` (one process per core; 8 client connections)",
     "batch_int8_rows": "with `--batch-int8-rows`",  # results from before calibrated int8
 }
 

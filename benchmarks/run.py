@@ -238,8 +238,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             ),
         }
         # One process per core, the cores split: on 2 vCPUs expect little (README, Scale-out).
+        # 8 connections: the kernel spreads connections over the workers, not calls.
         grpc["workers_2"] = bench_grpc.run_setting(
-            model.model_dir, ["--workers", "2"], (1, 32), mode.grpc_seconds, mode.reps, mode.texts
+            model.model_dir,
+            ["--workers", "2"],
+            (1, 32),
+            mode.grpc_seconds,
+            mode.reps,
+            mode.texts,
+            channels=8,
         )
         if model.accuracy_claimed:
             grpc["no_spinning"] = bench_grpc.run_setting(
