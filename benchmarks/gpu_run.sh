@@ -7,7 +7,7 @@
 #   onnxruntime_gpu-*.whl, wheels/*.whl (cp312 grpcio, grpcio-*, protobuf, googleapis-common-
 #   protos), minilm/ (a `--target cuda` export: fp32 and fp16), mpnet/ (its fp16 variant alone),
 #   ref-minilm.npz and ref-mpnet.npz (`python -m benchmarks.bench_gpu reference`).
-# OUT receives pytest.log, gpu-mpnet.json, gpu-minilm.json and gpu.md.
+# OUT receives pytest.log, gpu-mpnet.json, gpu-minilm.json, gpu-workers.json and gpu.md.
 set -uo pipefail
 payload=$1
 out=$2
@@ -23,5 +23,8 @@ timeout 240 python3 -m benchmarks.bench_gpu measure --model-dir "$payload/mpnet"
   --reference "$payload/ref-mpnet.npz" --server --out "$out/gpu-mpnet.json"
 timeout 120 python3 -m benchmarks.bench_gpu measure --model-dir "$payload/minilm" \
   --reference "$payload/ref-minilm.npz" --out "$out/gpu-minilm.json"
-python3 -m benchmarks.bench_gpu report "$out/gpu-mpnet.json" "$out/gpu-minilm.json" > "$out/gpu.md"
+timeout 150 python3 -m benchmarks.bench_gpu workers --model-dir "$payload/mpnet" --counts 1,2,4 \
+  --out "$out/gpu-workers.json"
+python3 -m benchmarks.bench_gpu report "$out/gpu-mpnet.json" "$out/gpu-minilm.json" \
+  "$out/gpu-workers.json" > "$out/gpu.md"
 cat "$out/gpu.md"
