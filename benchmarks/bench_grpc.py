@@ -58,10 +58,15 @@ def import_torch_seconds() -> float:
 
 
 def load(
-    address: str, concurrency: int, seconds: float, texts: int | None, channels: int = 1
+    address: str,
+    concurrency: int,
+    seconds: float,
+    texts: int | None,
+    channels: int = 1,
+    processes: int = 1,
 ) -> dict[str, Any]:
     limit = ["--texts", str(texts)] if texts else []
-    limit += ["--channels", str(channels)]
+    limit += ["--channels", str(channels), "--processes", str(processes)]
     out = subprocess.run(
         [
             sys.executable,
@@ -80,6 +85,7 @@ def load(
         check=True,
     )
     result: dict[str, Any] = json.loads(out.stdout)
+    result.pop("latencies_s", None)  # the raw samples stay out of the reports
     return result
 
 
