@@ -40,7 +40,9 @@ async def run(
     texts = load_corpus(limit)
     latencies: list[float] = []
     counts = {"texts": 0, "words": 0, "errors": 0}
-    opened = [grpc.aio.insecure_channel(server, options=CHANNEL_OPTIONS) for _ in range(channels)]
+    # Channels to one target share one connection unless each has its own subchannel pool.
+    options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
+    opened = [grpc.aio.insecure_channel(server, options=options) for _ in range(channels)]
     stubs = [pb_grpc.WordEmbedderStub(channel) for channel in opened]
     try:
         start = time.perf_counter()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
@@ -17,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from ctxembed.runtime.cpu import has_vnni, is_arm
+from ctxembed.runtime.cpu import has_vnni, is_arm, physical_cores
 from ctxembed.runtime.errors import ModelLoadError, ProviderUnavailable
 from ctxembed.runtime.fixed_lengths import FixedLengthRuns
 from ctxembed.runtime.manifest import Manifest, Variant
@@ -28,29 +27,6 @@ log = logging.getLogger("ctxembed")
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
-
-
-def physical_cores() -> int:
-    """Physical cores (hyper-threads share the matrix units that dominate transformer cost)."""
-    cores: set[tuple[str, str]] = set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            phys = core = ""
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "physical id":
-                    phys = value.strip()
-                elif key == "core id":
-                    core = value.strip()
-                    cores.add((phys, core))
-    except OSError:
-        pass
-    try:
-        available = len(os.sched_getaffinity(0))
-    except AttributeError:
-        available = os.cpu_count() or 1
-    return max(1, min(len(cores) or available, available))
 
 
 def installed_runtimes() -> list[str]:

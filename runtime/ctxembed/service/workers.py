@@ -24,7 +24,7 @@ from dataclasses import replace
 from multiprocessing.context import ForkProcess
 from typing import TYPE_CHECKING, Any
 
-from ctxembed.runtime.session import physical_cores
+from ctxembed.runtime.cpu import physical_cores  # not session: no onnxruntime before the fork
 from ctxembed.service.settings import ServeError, ServerSettings
 
 if TYPE_CHECKING:
