@@ -23,7 +23,7 @@ from benchmarks.corpus import load_corpus
 from benchmarks.engines import BANK, BATCH
 from benchmarks.stats import percentiles, ratio
 from ctxembed.runtime import TextInput, WordEmbedder
-from ctxembed.runtime.session import physical_cores
+from ctxembed.runtime.cpu import physical_cores
 from ctxembed.runtime.settings import EngineSettings
 
 

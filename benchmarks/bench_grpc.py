@@ -92,8 +92,9 @@ def load(
 def stop(server: ProcessServer) -> dict[str, Any]:
     server.proc.send_signal(signal.SIGTERM)
     code, log = server.finish()
-    match = STATS.search(log)
-    stats: dict[str, Any] = json.loads(match.group(1)) if match else {}
+    found = [json.loads(m.group(1)) for m in STATS.finditer(log)]
+    stats: dict[str, Any] = dict(found[0]) if found else {}
+    stats["per_process"] = found  # one per worker with --workers
     stats["exit_code"] = code
     return stats
 

@@ -61,7 +61,11 @@ def servers(
         shares = {name: [bench_grpc.stop(s) for s in group] for name, group in servers.items()}
     result: dict[str, Any] = {}
     for name, loads in runs.items():
-        done = [int(stats.get("requests_done", 0)) for stats in shares[name]]
+        done = [
+            int(process.get("requests_done", 0))
+            for stats in shares[name]
+            for process in stats["per_process"]
+        ]
         result[name] = {
             "texts_per_s": statistics.median(r["texts_per_s"] for r in loads),
             "rounds_texts_per_s": [r["texts_per_s"] for r in loads],
@@ -179,7 +183,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             f"## {title}",
             "",
-            "| setting | texts/s | rounds | p50 ms | errors | calls per server |",
+            "| setting | texts/s | rounds | p50 ms | errors | calls per process |",
             "| --- | --- | --- | --- | --- | --- |",
         ]
         for name, r in result[part].items():

@@ -16,7 +16,7 @@ from benchmarks.corpus import load_corpus
 from benchmarks.harness import ProcessServer, ThreadServer
 from ctxembed.client import CHANNEL_OPTIONS, Client, WordNotFound
 from ctxembed.runtime import CharSpan, TextInput, WordEmbedder
-from ctxembed.runtime.session import physical_cores
+from ctxembed.runtime.cpu import physical_cores
 from ctxembed.v1 import embedder_pb2 as pb
 from ctxembed.v1 import embedder_pb2_grpc as pb_grpc
 
