@@ -22,14 +22,19 @@ def _worker_pids(server: ProcessServer) -> set[int]:
     return {int(pid) for pid in children.split()}
 
 
+def _ready_line(server: ProcessServer) -> str:
+    """The supervisor's line once both workers serve."""
+    deadline = time.monotonic() + 60
+    while not any("serving with 2 workers" in line for line in server.lines):
+        assert time.monotonic() < deadline, "".join(server.lines)
+        time.sleep(0.05)
+    return next(line for line in server.lines if "serving with 2 workers" in line)
+
+
 def test_two_workers_share_the_port_drain_and_restart(model_dir: Path) -> None:
     server = ProcessServer(model_dir, "--workers", "2")
     try:
-        deadline = time.monotonic() + 60
-        while not any("serving with 2 workers" in line for line in server.lines):
-            assert time.monotonic() < deadline, "".join(server.lines)
-            time.sleep(0.05)
-        ready = next(line for line in server.lines if "serving with 2 workers" in line)
+        ready = _ready_line(server)
         assert re.search(r"\(1 threads, 1 parallel runs each\)", ready), ready  # 2 cores split
         port = int(server.address.rsplit(":", 1)[1])
         assert f":{port}," in ready
@@ -67,11 +72,7 @@ def test_workers_share_one_metrics_endpoint(model_dir: Path) -> None:
 
     server = ProcessServer(model_dir, "--workers", "2", "--metrics-port", "0")
     try:
-        deadline = time.monotonic() + 60
-        while not any("serving with 2 workers" in line for line in server.lines):
-            assert time.monotonic() < deadline, "".join(server.lines)
-            time.sleep(0.05)
-        ready = next(line for line in server.lines if "serving with 2 workers" in line)
+        ready = _ready_line(server)
         found = re.search(r"metrics on (http://127\.0\.0\.1:\d+/metrics)", ready)
         assert found, ready
         files = next(line for line in server.lines if "multiprocess files in" in line)

@@ -238,9 +238,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--run-batch-tokens",
         type=_at_least(1),
         default=e.run_batch_tokens,
-        help="padded tokens per ONNX run (default: "
-        + ", ".join(f"{n} on {p.upper()}" for p, n in RUN_BATCH_TOKENS.items())
-        + ")",
+        help=f"padded tokens per ONNX run (default: {_per_provider(RUN_BATCH_TOKENS)})",
     )
     p.add_argument(
         "--cuda-graphs",
@@ -253,9 +251,8 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--max-padding",
         type=_at_least(0, integer=False),
         default=e.max_padding,
-        help="padding per ONNX run, as a fraction of its real tokens (default: "
-        + ", ".join(f"{n} on {p.upper()}" for p, n in MAX_PADDING.items())
-        + ")",
+        help="padding per ONNX run, as a fraction of its real tokens"
+        f" (default: {_per_provider(MAX_PADDING)})",
     )
     p.add_argument(
         "--batch-int8-rows",
@@ -407,6 +404,11 @@ def _run_serve(args: argparse.Namespace) -> int:
     except event_loop.EventLoopUnavailable as exc:
         print(f"ctxembed serve: {exc}", file=sys.stderr)
         return 2
+
+
+def _per_provider(defaults: dict[str, Any]) -> str:
+    """A per-provider default for --help: "256 on CPU, 8192 on CUDA"."""
+    return ", ".join(f"{value} on {provider.upper()}" for provider, value in defaults.items())
 
 
 def _layers(text: str) -> list[int]:
