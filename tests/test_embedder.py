@@ -203,7 +203,15 @@ def test_load_errors(model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="format_version 99"):
         WordEmbedder.load(broken)
     manifest["format_version"] = 1
+    manifest["word_segmentation"] = "whitespace"
     (broken / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError, match="word_segmentation 'whitespace'"):
+        WordEmbedder.load(broken)
+    del manifest["word_segmentation"]  # folders exported before it load with the default
+    (broken / "manifest.json").write_text(json.dumps(manifest))
+    assert WordEmbedder.load(broken, provider="cpu", variant="fp32").info().word_segmentation == (
+        "bert"
+    )
     (broken / "model_int8.onnx").unlink()
     with pytest.raises(ModelLoadError, match=r"model_int8\.onnx missing"):
         WordEmbedder.load(broken)

@@ -20,6 +20,7 @@ from families import FAMILIES, MAX_TOKENS, Family, build_family
 from benchmarks.harness import ThreadServer
 from ctxembed.client import Client
 from ctxembed.runtime import CharSpan, TextInput, WordEmbedder
+from ctxembed.runtime.segmentation import split_words
 
 pytestmark = pytest.mark.model
 
@@ -33,6 +34,22 @@ TRICKY = [
     "tabs\tand\nnewlines  and  double  spaces and\u00a0non-breaking\u2009thin",
     "  leading and trailing spaces  ",
     "hyphen-ated, punctuation!!! (brackets) [x] {y} co-operate's",
+]
+
+# Words must not depend on the tokenizer: CJK, emoji, combining marks, RTL, URLs, code, numbers.
+HARD = [
+    "東京は日本の首都です。北京也是首都。",
+    "Emoji 🙂 in 🎉 the 👩‍👩‍👧 middle, and 🇫🇷 flags!",
+    "Combining acce\u0301nts: cafe\u0301 and nai\u0308ve; Crème brûlée.",
+    "עברית וערבית: مرحبا بالعالم، and English.",
+    "See https://example.com/a/b?q=1&r=2#frag or mail bob@example.org.",
+    "def f(x: int) -> list[str]: return [s.strip() for s in x.split(',')]  # ok",
+    "Prices rose 3.5% to $1,234.56 (vs. 2.1% in Q3'24), i.e. ~+1.4pp.",
+    "The cricket player oiled his new willow bat.",
+]
+LONG_TEXTS = [
+    "The bank by the river  had   high fees,\n\nand the  money  was gone. " * 60,
+    "A\tbank\u00a0\u00a0loan  was\t\tdenied;  the   clerk\u00a0smiled.\n" * 70,
 ]
 
 
@@ -103,8 +120,8 @@ def test_words_offsets_and_vectors_match_pytorch(exported: Exported, text: str) 
         assert word.text and word.text == word.text.strip(), word  # no space in a word
         assert word.start >= previous_end
         previous_end = word.end
-        for token in word.tokens:  # byte-level "Ġ" alone stands for a space: zero width
-            assert word.start <= token.start <= token.end <= word.end, (token, word)
+        for token in word.tokens:  # every token overlaps the word (it may span a neighbour)
+            assert token.start < word.end and token.end > word.start, (token, word)
     hidden = _reference(exported, prepared.tokens.framed_ids)
     n_prefix = prepared.tokens.num_prefix
     expected = np.stack(
@@ -127,10 +144,64 @@ def test_presplit_words_tokenize_as_in_running_text(exported: Exported) -> None:
     ]
 
 
+def test_words_are_the_same_under_every_family(exported: Exported) -> None:
+    """One segmentation for all: the hard texts give the rule's words and offsets whatever the
+    tokenizer (a model without tokens for a word would drop it; these have a token for all)."""
+    for text in HARD:
+        [res] = exported.embedder.embed([text])
+        expected = [(text[s:e], s, e) for s, e in split_words(text).tolist()]
+        assert [(w.text, w.start, w.end) for w in res.words] == expected, text
+
+
+def test_select_words_finds_the_word_before_punctuation(exported: Exported) -> None:
+    text = "The cricket player oiled his new willow bat."
+    [res] = exported.embedder.embed([TextInput(text=text, select_words=["bat"])])
+    assert [(w.text, w.start) for w in res.words] == [("bat", text.index("bat."))]
+    [full] = exported.embedder.embed([text], include_tokens=True)
+    assert [w.text for w in full.words][-2:] == ["bat", "."]
+    np.testing.assert_array_equal(res.vectors[0], full.vectors[-2])
+    # a token over both ("▁bat." in a SentencePiece vocabulary) is listed under both
+    bat, stop = full.words[-2], full.words[-1]
+    assert bat.tokens and stop.tokens
+    shared = [t for t in bat.tokens if t.end > bat.end]
+    assert shared == [t for t in stop.tokens if t.start < stop.start]
+
+
+@pytest.mark.parametrize("text", LONG_TEXTS, ids=["runs-of-spaces", "tabs-and-nbsp"])
+def test_long_texts_with_whitespace_runs(exported: Exported, text: str) -> None:
+    """Every token takes its state from a window, whatever words cover it: the same text gives
+    bit-identical vectors twice, alone and in a batch, equal to PyTorch run on each window."""
+    emb = exported.embedder
+    [first] = emb.embed([text])
+    [again] = emb.embed([text])
+    assert first.num_windows > 1
+    np.testing.assert_array_equal(first.vectors, again.vectors)
+    batch = emb.embed([TRICKY[0], text, TRICKY[6], text[: len(text) // 3]])
+    np.testing.assert_array_equal(batch[1].vectors, first.vectors)
+    # reference: PyTorch on each of the plan's windows, each word from its most central window
+    prepared = emb.prepare([text]).texts[0]
+    tokens = prepared.tokens
+    ids = tokens.ids
+    prefix = tokens.framed_ids[: tokens.num_prefix]
+    suffix = tokens.framed_ids[tokens.num_prefix + tokens.num_tokens :]
+    windows = prepared.plan.windows.tolist()
+    states = [
+        _reference(exported, np.concatenate([prefix, ids[s:e], suffix]))[len(prefix) :]
+        for s, e in windows
+    ]
+    expected = []
+    for a, b in prepared.units.tokens.tolist():
+        fits = [(min((a + b) / 2 - s, e - (a + b) / 2), -k) for k, (s, e) in enumerate(windows)
+                if s <= a and b <= e]  # fmt: skip
+        k = -max(fits)[1]
+        s = windows[k][0]
+        expected.append(states[k][a - s : b - s].mean(0))
+    assert _cosine(first.vectors, np.stack(expected)).min() >= 0.9999
+
+
 def test_select_words_and_spans(exported: Exported) -> None:
     emb = exported.embedder
-    # SentencePiece words keep their punctuation ("BANK." is one word): none here
-    text = "The Bank said the bank of the river is not a BANK at all"
+    text = "The Bank said the bank of the river is not a BANK. At all"
     [res] = emb.embed([TextInput(text=text, select_words=["bank"])])
     expected = ["Bank", "bank", "BANK"] if exported.family.lowercase else ["bank"]
     assert [w.text for w in res.words] == expected
@@ -161,6 +232,7 @@ def test_served_over_grpc(exported: Exported) -> None:
     finally:
         server.stop()
     assert info.model_type == exported.family.model_type
+    assert info.word_segmentation == "bert"
     [local] = exported.embedder.embed([TRICKY[0]])
     assert remote.words == local.words
     np.testing.assert_allclose(remote.vectors, local.vectors, rtol=1e-5, atol=1e-6)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -103,3 +105,28 @@ def test_word_longer_than_a_window_is_cut_per_token() -> None:
     for t, win in enumerate(plan.token_window.tolist()):
         s, e = plan.windows[win]
         assert s <= t < e
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_every_token_has_a_window_with_gaps_and_shared_tokens(seed: int) -> None:
+    """Tokens in no word (whitespace pieces) and tokens two words share (SentencePiece's
+    "▁bat.") still map to a window that holds them; words sharing a token stay together."""
+    rng = np.random.default_rng(seed)
+    ranges: list[tuple[int, int]] = []
+    t = 0
+    for _ in range(150):
+        t += int(rng.integers(0, 3))  # 0: shares the previous word's last token; 2: a gap
+        length = int(rng.integers(1, 4))
+        start = max(0, t - 1) if ranges and rng.random() < 0.2 else t
+        ranges.append((start, start + length))
+        t = start + length
+    words = np.asarray(ranges, dtype=np.int64)
+    n = t + 3  # trailing whitespace pieces too
+    plan = plan_windows(n, words, capacity=25, stride=12)
+    assert plan.token_window.shape == (n,)
+    for tok, win in enumerate(plan.token_window.tolist()):
+        s, e = plan.windows[win]
+        assert s <= tok < e
+    for (s1, e1), (s2, e2) in itertools.pairwise(ranges):
+        if s2 < e1:  # shared token: both words from one window
+            assert len(set(plan.token_window[min(s1, s2) : max(e1, e2)].tolist())) == 1

@@ -40,6 +40,7 @@ from ctxembed.export.validate import (
     load_session,
 )
 from ctxembed.runtime.manifest import MANIFEST_NAME, Manifest, Variant
+from ctxembed.runtime.segmentation import DEFAULT_SEGMENTATION
 
 Target = Literal["cpu", "cuda"]
 Quantize = Literal["int8", "none"]
@@ -263,6 +264,7 @@ def _build(
         layer_outputs=layer_outputs,
         variants=variants,
         tokenizer=tokenizer,
+        word_segmentation=DEFAULT_SEGMENTATION,
         tools=_versions(),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
     )

@@ -73,11 +73,16 @@ DEFAULT_THRESHOLDS: dict[str, Thresholds] = {
 
 @dataclass(frozen=True)
 class Reference:
-    """One probe text: model inputs, word id of each token (None = special), PyTorch output."""
+    """One probe text: model inputs, its words' token ranges, PyTorch output."""
 
     feed: dict[str, np.ndarray]
-    word_ids: list[int | None]
+    word_tokens: np.ndarray  # (w, 2) [start, end) into the framed ids, as the runtime pools
     hidden: np.ndarray  # (tokens, dim) last layer
+
+    @property
+    def content(self) -> np.ndarray:
+        """Indices of the tokens in some word (specials and whitespace pieces are in none)."""
+        return np.unique(np.concatenate([np.arange(s, e) for s, e in self.word_tokens.tolist()]))
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -86,12 +91,22 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.asarray((a64 * b64).sum(-1) / np.maximum(den, 1e-12))
 
 
-def word_means(hidden: np.ndarray, word_ids: Sequence[int | None]) -> np.ndarray:
-    """Mean of each word's sub-word vectors, words in order of first appearance."""
-    ids = sorted({w for w in word_ids if w is not None})
-    return np.stack(
-        [hidden[[i for i, w in enumerate(word_ids) if w == wid]].mean(0) for wid in ids]
-    )
+def word_means(hidden: np.ndarray, word_tokens: np.ndarray) -> np.ndarray:
+    """Mean of each word's token vectors over its token range."""
+    return np.stack([hidden[s:e].mean(0) for s, e in word_tokens.tolist()])
+
+
+def served_word_tokens(text: str, encoding: Any, specials: Sequence[str]) -> np.ndarray:
+    """(w, 2) ranges in the framed ids of the words the server returns for ``text``: the
+    runtime's segmentation over the tokenizer's offsets (words past a truncation are left out)."""
+    from ctxembed.runtime.segmentation import split_words, word_splitter, word_token_ranges
+
+    mask = np.asarray(encoding["special_tokens_mask"][0], dtype=bool)
+    content = np.flatnonzero(~mask)
+    offsets = np.asarray(encoding["offset_mapping"][0], dtype=np.int64).reshape(-1, 2)[content]
+    ranges = word_token_ranges(split_words(text, word_splitter(tuple(specials))), offsets)
+    ranges = ranges[ranges[:, 1] > ranges[:, 0]]
+    return ranges + int(content[0]) if content.size else ranges
 
 
 def build_references(
@@ -107,11 +122,19 @@ def build_references(
     model = AutoModel.from_pretrained(model_location).eval()
     refs = []
     for text in texts:
-        enc = tokenizer(text, truncation=True, max_length=max_tokens, return_tensors="pt")
+        enc = tokenizer(
+            text,
+            truncation=True,
+            max_length=max_tokens,
+            return_tensors="pt",
+            return_offsets_mapping=True,
+            return_special_tokens_mask=True,
+        )
         with torch.no_grad():
             out = model(**{k: v for k, v in enc.items() if k in graph_inputs})
         feed = {k: v.numpy().astype(np.int64) for k, v in enc.items() if k in graph_inputs}
-        refs.append(Reference(feed, enc.word_ids(0), out.last_hidden_state[0].numpy()))
+        words = served_word_tokens(text, enc, tokenizer.all_special_tokens)
+        refs.append(Reference(feed, words, out.last_hidden_state[0].numpy()))
     return refs
 
 
@@ -125,10 +148,10 @@ def compare_variant(
     tok_cos, word_cos, max_abs = [], [], 0.0
     for ref in refs:
         out = session.run(["last_hidden_state"], ref.feed)[0][0].astype(np.float32)
-        real = [i for i, w in enumerate(ref.word_ids) if w is not None]
+        real = ref.content
         tok_cos.append(_cosine(out[real], ref.hidden[real]))
         word_cos.append(
-            _cosine(word_means(out, ref.word_ids), word_means(ref.hidden, ref.word_ids))
+            _cosine(word_means(out, ref.word_tokens), word_means(ref.hidden, ref.word_tokens))
         )
         max_abs = max(max_abs, float(np.abs(out[real] - ref.hidden[real]).max()))
         on_text()

@@ -185,6 +185,7 @@ class WordEmbedder:
             onnxruntime_version=onnxruntime_version(),
             threads=self.session.threads,
             parallel_runs=self.session.parallel_runs,
+            word_segmentation=m.word_segmentation,
         )
 
     # -- the one-call API --------------------------------------------------------------------

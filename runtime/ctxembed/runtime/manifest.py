@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ctxembed.runtime.errors import ModelLoadError
+from ctxembed.runtime.segmentation import DEFAULT_SEGMENTATION, WORD_SEGMENTATIONS
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_NAME = "ctxembed-model"
@@ -69,6 +70,8 @@ class Manifest:
     created: str
     format: str = FORMAT_NAME
     format_version: int = FORMAT_VERSION
+    # How raw text is split into words (segmentation.py); folders from before it had none.
+    word_segmentation: str = DEFAULT_SEGMENTATION
 
     @property
     def layers_available(self) -> list[int]:
@@ -103,6 +106,7 @@ class Manifest:
             created=data["created"],
             format=data["format"],
             format_version=int(data["format_version"]),
+            word_segmentation=str(data.get("word_segmentation", DEFAULT_SEGMENTATION)),
         )
 
 
@@ -129,6 +133,11 @@ def load_manifest(model_dir: Path) -> Manifest:
         manifest = Manifest.from_dict(data)
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelLoadError(f"{path} is corrupt: missing or bad field {exc}") from None
+    if manifest.word_segmentation not in WORD_SEGMENTATIONS:
+        raise ModelLoadError(
+            f"{path}: word_segmentation {manifest.word_segmentation!r} is not one of"
+            f" {list(WORD_SEGMENTATIONS)}: upgrade ctxembed or re-export the model"
+        )
     for v in manifest.variants:
         if not (model_dir / v.file).is_file():
             raise ModelLoadError(

@@ -1,17 +1,15 @@
-"""Stage 1, tokenize: texts → token ids, code-point offsets and word boundaries.
+"""Stage 1, tokenize: texts → token ids, code-point offsets and words.
 
 Runs the model's own Rust tokenizer (``encode_batch`` for many texts, ``encode`` for a few).
-Words are the tokenizer's pre-tokenizer words (``word_ids``); offsets are code points of the input.
-Tokenizers that keep the space inside a token (SentencePiece's "▁", byte-level BPE's "Ġ") give
-words whose spans start with that space, and whitespace-only words: their spans are trimmed to
-the word itself and the whitespace-only ones dropped, so ``text[start:end]`` is always the word.
+Words of raw text follow one rule for every family (``segmentation.py``) and take the tokens that
+overlap them; pre-split words are the caller's. Offsets are code points of the input, and
+``text[start:end]`` is always the word.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +18,9 @@ import numpy as np
 from tokenizers import Encoding, Tokenizer
 
 from ctxembed.runtime.errors import ModelLoadError
+from ctxembed.runtime.segmentation import split_words, word_splitter, word_token_ranges
 
-SMALL_TEXT_TOKENS = 128  # below this, plain Python beats numpy's per-call overhead
+SMALL_TEXT_TOKENS = 128  # up to this, plain Python beats numpy's per-call overhead
 # Below this many texts, one ``encode`` per text beats ``encode_batch``: waking the Rust thread
 # pool costs more than its parallelism gives back for a few short texts.
 PARALLEL_MIN_TEXTS = 8
@@ -37,7 +36,7 @@ class TokenizedText:
     text: str  # the raw text, or the pre-split words joined by single spaces
     num_tokens: int  # n
     framed_ids: np.ndarray  # (n + specials,) int64: the ids wrapped in the model's specials
-    word_tokens: np.ndarray  # (w, 2) token range [start, end) of each word
+    word_tokens: np.ndarray  # (w, 2) tokens [start, end) overlapping each word (may share one)
     word_chars: np.ndarray  # (w, 2) code-point span of each word
     word_index: np.ndarray  # (w,) position of the word (pre-split: index in the input list)
     encoding: Encoding  # the tokenizer's output
@@ -80,14 +79,19 @@ class TextTokenizer:
         self.prefix_ids: tuple[int, ...] = tuple(probe.ids[:first_content])
         self.suffix_ids: tuple[int, ...] = tuple(probe.ids[last_content + 1 :])
         self._normalizer = tokenizer.normalizer
+        specials = tokenizer.get_added_tokens_decoder().values()
+        self.word_splitter = word_splitter(tuple(t.content for t in specials if t.special))
         # Words repeat a lot; normalizing each once keeps select_words cheap.
         self.normalize = functools.lru_cache(maxsize=1 << 16)(self._normalize)
         # Pre-split words must tokenize as they do after a space in running text: byte-level
         # BPE without add_prefix_space would give "had" where running text has "Ġhad".
         self._split_tok = _with_prefix_space(tokenizer) or tokenizer
-        self._spaces_in_words = any(
-            _has_space_edges(t, self._tok.encode(t, add_special_tokens=False))
-            for t in ("a b", "  a\tb  c", " a")
+        # Byte-level BPE and SentencePiece tokens stand for the space before them, and their
+        # offsets may start on it: only those need trimming for display.
+        probe_text = "a b  c\td"
+        self._tokens_hold_spaces = any(
+            probe_text[s:e] != probe_text[s:e].lstrip()
+            for s, e in self._tok.encode(probe_text, add_special_tokens=False).offsets
         )
 
     @classmethod
@@ -139,68 +143,61 @@ class TextTokenizer:
         return np.array(words, dtype=np.int64)
 
     def _from_encoding(self, text: str, enc: Encoding) -> TokenizedText:
+        # Words come from the text (one rule for every family), tokens from the model; each
+        # word takes the tokens that overlap its characters.
         if len(enc) <= SMALL_TEXT_TOKENS:
             return self._from_small_encoding(text, enc)
         offsets = np.array(enc.offsets, dtype=np.int64).reshape(-1, 2)
-        word_tokens = _word_ranges(self._word_ids(enc))
-        word_chars = np.empty_like(word_tokens)
-        word_chars[:, 0] = offsets[word_tokens[:, 0], 0]
-        word_chars[:, 1] = offsets[word_tokens[:, 1] - 1, 1]
-        if self._spaces_in_words:
-            word_tokens, word_chars = _strip_spaces(text, word_tokens, word_chars)
-            _trim_token_starts(text, offsets)
-        if not text.isascii():
-            _extend_over_marks(text, word_chars)
-        index = np.arange(word_tokens.shape[0], dtype=np.int64)
-        return TokenizedText(
-            text,
-            offsets.shape[0],
-            self._frame(enc.ids),
-            word_tokens,
-            word_chars,
-            index,
-            enc,
-            len(self.prefix_ids),
-            offsets,
-            self._spaces_in_words,
-        )
+        word_chars = split_words(text, self.word_splitter)
+        word_tokens = word_token_ranges(word_chars, offsets)
+        covered = word_tokens[:, 1] > word_tokens[:, 0]
+        if not covered.all():  # only characters the normalizer drops: no vector, left out
+            word_tokens, word_chars = word_tokens[covered], word_chars[covered]
+        return self._tokenized(text, enc, word_tokens, word_chars, offsets)
 
     def _from_small_encoding(self, text: str, enc: Encoding) -> TokenizedText:
-        """Short texts (most requests): one Python pass and two numpy calls instead of a
-        dozen, which cost more than the work itself at this size (and more so right after an
-        ONNX run has evicted the caches)."""
+        """``_from_encoding`` for short texts (most requests) in one Python pass: a dozen numpy
+        calls cost more than the work itself at this size. Same result."""
         offsets = enc.offsets
-        words = enc.word_ids
-        # token range, code-point span and index of each word, flat (numpy converts a flat
-        # list twice as fast as a list of tuples)
-        bounds: list[int] = []
-        start = count = 0
-        for k in range(1, len(words) + 1):
-            if k == len(words) or words[k] != words[start]:
-                bounds += (start, k, offsets[start][0], offsets[k - 1][1], count)
-                start = k
-                count += 1
-        table = np.array(bounds, dtype=np.int64).reshape(-1, 5)
-        word_tokens, word_chars, index = table[:, :2], table[:, 2:4], table[:, 4]
-        if self._spaces_in_words:
-            word_tokens, word_chars = _strip_spaces(text, word_tokens, word_chars)
-            index = np.arange(word_tokens.shape[0], dtype=np.int64)
-        if not text.isascii():
-            _extend_over_marks(text, word_chars)
+        n = len(offsets)
+        bounds: list[int] = []  # token range and code-point span of each word, flat
+        k = 0
+        for match in self.word_splitter.finditer(text):
+            start, end = match.span()
+            while k < n and offsets[k][1] <= start:  # tokens that end before the word
+                k += 1
+            last = k
+            while last < n and offsets[last][0] < end:
+                last += 1
+            if last > k:  # a word no token overlaps is left out
+                bounds += (k, last, start, end)
+        table = np.array(bounds, dtype=np.int64).reshape(-1, 4)
+        return self._tokenized(text, enc, table[:, :2], table[:, 2:], None)
+
+    def _tokenized(
+        self,
+        text: str,
+        enc: Encoding,
+        word_tokens: np.ndarray,
+        word_chars: np.ndarray,
+        offsets: np.ndarray | None,
+    ) -> TokenizedText:
         return TokenizedText(
             text,
-            len(words),
+            len(enc),
             self._frame(enc.ids),
             word_tokens,
             word_chars,
-            index,
+            _arange(word_tokens.shape[0]),
             enc,
             len(self.prefix_ids),
-            None,
-            self._spaces_in_words,
+            None if self._tokens_hold_spaces else offsets,  # else made and trimmed on demand
+            self._tokens_hold_spaces,
         )
 
     def _from_pretokenized(self, words: Sequence[str], enc: Encoding) -> TokenizedText:
+        # The tokenizer says which tokens are each word's (its offsets are not reliable here:
+        # byte-level BPE with an added prefix space shifts them).
         word_ids = self._word_ids(enc)
         lengths = np.fromiter((len(w) for w in words), dtype=np.int64, count=len(words))
         begin = np.zeros_like(lengths)
@@ -208,12 +205,13 @@ class TextTokenizer:
         # Offsets of pre-split input are relative to each word: shift them into the joined text.
         offsets = np.array(enc.offsets, dtype=np.int64).reshape(-1, 2) + begin[word_ids][:, None]
         word_tokens = _word_ranges(word_ids)
+        self._skip_space_pieces(enc.tokens, word_tokens)
         present = word_ids[word_tokens[:, 0]]
         word_chars = np.empty_like(word_tokens)
         word_chars[:, 0] = begin[present]
         word_chars[:, 1] = begin[present] + lengths[present]
         joined = " ".join(words)
-        if self._spaces_in_words:
+        if self._tokens_hold_spaces:
             _trim_token_starts(joined, offsets)
         return TokenizedText(
             joined,
@@ -226,6 +224,15 @@ class TextTokenizer:
             len(self.prefix_ids),
             offsets,
         )
+
+    def _skip_space_pieces(self, pieces: Sequence[str], word_tokens: np.ndarray) -> None:
+        """Drop (in place) a word's leading piece that only stands for the space before it
+        (SentencePiece's lone "▁"): in running text it overlaps no word, so no word has it."""
+        if not self._tokens_hold_spaces:
+            return
+        for k, (s, e) in enumerate(word_tokens.tolist()):
+            if e - s > 1 and not pieces[s].strip("▁Ġ"):
+                word_tokens[k, 0] = s + 1
 
 
 def _word_ranges(word_ids: np.ndarray) -> np.ndarray:
@@ -244,46 +251,6 @@ def _word_ranges(word_ids: np.ndarray) -> np.ndarray:
     return ranges
 
 
-def _extend_over_marks(text: str, chars: np.ndarray) -> None:
-    """Extend word ends (in place) over combining marks that normalization dropped (BERT's
-    accent stripping), never into the next word (byte-level BPE makes a mark a word)."""
-    spans = chars.tolist()
-    for i, (_, end) in enumerate(spans):
-        limit = spans[i + 1][0] if i + 1 < len(spans) else len(text)
-        while end < limit and unicodedata.category(text[end]).startswith("M"):
-            end += 1
-        chars[i, 1] = end
-
-
-def _has_space_edges(text: str, enc: Encoding) -> bool:
-    """Whether a word of ``enc`` is empty or starts or ends with whitespace."""
-    words = _word_ranges(TextTokenizer._word_ids(enc))
-    offsets = enc.offsets
-    for s, e in words.tolist():
-        span = text[offsets[s][0] : offsets[e - 1][1]]
-        if not span or span != span.strip():
-            return True
-    return False
-
-
-def _strip_spaces(
-    text: str, word_tokens: np.ndarray, word_chars: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Word spans without leading or trailing whitespace; whitespace-only words dropped (their
-    tokens stand for spaces, which belong to no word)."""
-    keep, chars = [], []
-    for k, (s, e) in enumerate(word_chars.tolist()):
-        while s < e and text[s].isspace():
-            s += 1
-        while e > s and text[e - 1].isspace():
-            e -= 1
-        if s < e:
-            keep.append(k)
-            chars.append((s, e))
-    spans = np.array(chars, dtype=np.int64).reshape(-1, 2)
-    return word_tokens.take(keep, axis=0), spans
-
-
 def _trim_token_starts(text: str, offsets: np.ndarray) -> None:
     """Token offsets (in place) without the leading whitespace a "▁" or "Ġ" token stands for."""
     for k, (s, e) in enumerate(offsets.tolist()):
@@ -292,6 +259,14 @@ def _trim_token_starts(text: str, offsets: np.ndarray) -> None:
             start += 1
         if start != s:
             offsets[k, 0] = start
+
+
+@functools.lru_cache(maxsize=1024)
+def _arange(n: int) -> np.ndarray:
+    """0..n-1, shared read-only by every text with n words."""
+    index = np.arange(n, dtype=np.int64)
+    index.flags.writeable = False
+    return index
 
 
 def _with_prefix_space(tokenizer: Tokenizer) -> Tokenizer | None:

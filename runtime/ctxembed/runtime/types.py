@@ -118,3 +118,4 @@ class ModelInfo:
     threads: int  # intra-op threads of a lone run
     parallel_runs: int  # single-threaded runs in flight at once
     server_version: str = ""  # set by the server
+    word_segmentation: str = "bert"  # how raw text is split into words (segmentation.py)

@@ -1,8 +1,10 @@
 """Sliding windows over texts longer than the model's maximum number of tokens.
 
 Windows start and end on word boundaries, overlap by ``capacity - stride`` tokens, and every word
-takes its vectors from the window where it sits most central (most context on both sides). A text
-that fits in one window gets exactly one window: the single-pass result.
+takes its vectors from the window where it sits most central (most context on both sides). Words
+that share a token (SentencePiece's ``▁bat.`` is in ``bat`` and ``.``) are placed together, and
+tokens in no word (whitespace pieces) take their own most central window, so every token has one.
+A text that fits in one window gets exactly one window: the single-pass result.
 """
 
 from __future__ import annotations
@@ -28,9 +30,23 @@ def plan_windows(n_tokens: int, word_tokens: np.ndarray, capacity: int, stride: 
         raise ValueError(f"need 1 <= stride ({stride}) <= capacity ({capacity})")
     if n_tokens <= capacity:
         return _single_window(n_tokens)
-    starts = word_tokens[:, 0] if word_tokens.size else np.zeros(0, dtype=np.int64)
-    windows = _cut(n_tokens, starts, capacity, stride)
-    return WindowPlan(windows, _assign(n_tokens, word_tokens, windows))
+    groups = _groups(word_tokens)
+    windows = _cut(n_tokens, groups[:, 0], capacity, stride)
+    return WindowPlan(windows, _assign(n_tokens, groups, windows))
+
+
+def _groups(word_tokens: np.ndarray) -> np.ndarray:
+    """(g, 2) token ranges of words merged where they share tokens; words in text order."""
+    ranges = word_tokens[word_tokens[:, 1] > word_tokens[:, 0]]
+    if ranges.shape[0] == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    ends = np.maximum.accumulate(ranges[:, 1])
+    new = np.empty(ranges.shape[0], dtype=bool)
+    new[0] = True
+    np.greater_equal(ranges[1:, 0], ends[:-1], out=new[1:])
+    first = np.flatnonzero(new)
+    last = np.append(first[1:], ranges.shape[0]) - 1
+    return np.stack([ranges[first, 0], ends[last]], axis=1)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -68,20 +84,43 @@ def _cut(n: int, starts: np.ndarray, capacity: int, stride: int) -> np.ndarray:
     return np.asarray(windows, dtype=np.int64)
 
 
-def _assign(n: int, word_tokens: np.ndarray, windows: np.ndarray) -> np.ndarray:
-    """Most central window per word (all its tokens together); per token for cut words."""
-    ws, we = windows[:, 0][None, :], windows[:, 1][None, :]
-    a, b = word_tokens[:, 0][:, None], word_tokens[:, 1][:, None]
+def _assign(n: int, groups: np.ndarray, windows: np.ndarray) -> np.ndarray:
+    """The window each token takes its state from: per token the most central window, then
+    per word group (all its tokens together) the window where the group is most central."""
+    token_window = _central_per_token(n, windows)
+    if groups.shape[0] == 0:
+        return token_window
+    ws, we = windows[:, 0], windows[:, 1]
+    a, b = groups[:, 0], groups[:, 1]
     center = (a + b) / 2.0
-    score = np.where((ws <= a) & (b <= we), np.minimum(center - ws, we - center), -np.inf)
-    best_word = score.argmax(axis=1)
-    token_window = np.repeat(best_word, word_tokens[:, 1] - word_tokens[:, 0])
-    cut = np.flatnonzero(np.isneginf(score.max(axis=1)))
-    if cut.size:  # words longer than a window: each token on its own
-        t = np.arange(n)[:, None]
-        tok_score = np.where((ws <= t) & (t < we), np.minimum(t + 0.5 - ws, we - t - 0.5), -np.inf)
-        per_token = tok_score.argmax(axis=1)
-        for w in cut.tolist():
-            lo, hi = int(word_tokens[w, 0]), int(word_tokens[w, 1])
-            token_window[lo:hi] = per_token[lo:hi]
-    return token_window.astype(np.int64)
+    # Windows are sorted by start and by end: those holding [a, b) are a contiguous run.
+    lo = np.searchsorted(we, b, side="left")  # first window ending at or after b
+    hi = np.searchsorted(ws, a, side="right")  # windows before hi start at or before a
+    best = np.full(a.shape[0], -1, dtype=np.int64)
+    best_score = np.full(a.shape[0], -np.inf)
+    for step in range(int(np.max(hi - lo, initial=0))):
+        k = lo + step
+        inside = k < hi
+        kc = np.minimum(k, ws.shape[0] - 1)
+        score = np.where(inside, np.minimum(center - ws[kc], we[kc] - center), -np.inf)
+        better = score > best_score  # strict: ties go to the earlier window
+        best[better], best_score[better] = kc[better], score[better]
+    whole = best >= 0  # groups longer than a window keep their per-token windows
+    a, b, best = a[whole], b[whole], best[whole]
+    lengths = b - a
+    positions = np.arange(int(lengths.sum())) + np.repeat(a - np.cumsum(lengths) + lengths, lengths)
+    token_window[positions] = np.repeat(best, lengths)
+    return token_window
+
+
+def _central_per_token(n: int, windows: np.ndarray) -> np.ndarray:
+    """For each token, the window with most context on both sides (windows cover 0..n)."""
+    best = np.full(n, -np.inf)
+    token_window = np.zeros(n, dtype=np.int64)
+    middle = np.arange(n) + 0.5
+    for k, (s, e) in enumerate(windows.tolist()):
+        score = np.minimum(middle[s:e] - s, e - middle[s:e])
+        better = score > best[s:e]
+        best[s:e][better] = score[better]
+        token_window[s:e][better] = k
+    return token_window

@@ -206,6 +206,7 @@ _INFO_FIELDS = (
     "threads",
     "parallel_runs",
     "server_version",
+    "word_segmentation",
 )
 
 
