@@ -2,8 +2,9 @@
 
     python proto/generate.py [OUT]      (default: runtime; `make proto`)
 
-google/rpc/status.proto (the in-band error of stream responses) comes from the installed
-googleapis-common-protos package, which grpcio-status brings along.
+Every .proto that ctxembed.v1 imports ships under proto/ (google/rpc/status.proto, the in-band
+error of stream responses, copied from googleapis), so clients in any language compile the
+contract from this folder alone; google/protobuf/*.proto come with every protoc.
 """
 
 from __future__ import annotations
@@ -11,19 +12,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import google.rpc.status_pb2
 from grpc_tools import protoc
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def generate(out: Path) -> None:
-    common = Path(google.rpc.status_pb2.__file__).parents[2]  # holds google/rpc/status.proto
     args = [
         "protoc",
         f"-I{ROOT / 'proto'}",
         f"-I{Path(protoc.__file__).parent / '_proto'}",  # google/protobuf/*.proto
-        f"-I{common}",
         f"--python_out={out}",
         f"--pyi_out={out}",
         f"--grpc_python_out={out}",

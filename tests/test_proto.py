@@ -15,3 +15,16 @@ def test_generated_code_is_current(tmp_path: Path) -> None:
         fresh = (tmp_path / "ctxembed" / "v1" / name).read_text()
         committed = (ROOT / "runtime" / "ctxembed" / "v1" / name).read_text()
         assert fresh == committed, f"{name} is stale: run `make proto` and commit"
+
+
+def test_every_import_ships_under_proto() -> None:
+    """Clients in other languages load proto/ alone: each import is there or a protobuf
+    well-known type (which protoc and every gRPC toolkit bundle)."""
+    import re
+
+    proto_root = ROOT / "proto"
+    for path in proto_root.rglob("*.proto"):
+        for name in re.findall(r'^import\s+"([^"]+)";', path.read_text(), flags=re.M):
+            assert name.startswith("google/protobuf/") or (proto_root / name).is_file(), (
+                f"{path.relative_to(ROOT)} imports {name}, which proto/ does not ship"
+            )
