@@ -5,7 +5,8 @@ tokenizer: words are runs of non-space characters, and each word's vector is a p
 the word, its position and the layer, so a test can compute what a call must return. Input and
 option checks are the engine's own (``ctxembed.runtime.validation``), so the status mapping is
 tested against the real error fields. ``gate`` holds every forward until it is set: tests use it
-to keep batches in flight while they queue, cancel or time out other calls.
+to keep batches in flight while they queue, cancel or time out other calls. With ``fail_stage``,
+that stage raises for any call that has a text containing ``POISON`` (a bug in one request).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from ctxembed.runtime.validation import check_input, check_options, coerce_input
 
 NUM_LAYERS = 2
 DIM = 4
+POISON = "💥"
 
 
 class FakeText(NamedTuple):
@@ -66,8 +68,13 @@ def word_vector(word: str, position: int, layer: int) -> np.ndarray:
 
 class FakeModel:
     def __init__(
-        self, limits: Limits | None = None, parallel_runs: int = 1, seconds_per_text: float = 0.0
+        self,
+        limits: Limits | None = None,
+        parallel_runs: int = 1,
+        seconds_per_text: float = 0.0,
+        fail_stage: str | None = None,
     ) -> None:
+        self.fail_stage = fail_stage
         self._limits = limits or Limits()
         self._parallel_runs = parallel_runs
         self.seconds_per_text = seconds_per_text  # one "ONNX run" per text
@@ -132,7 +139,12 @@ class FakeModel:
                 wanted = {w.lower() for w in inp.select_words}
                 keep = [k for k in keep if text[slice(*words[k])].lower() in wanted]
             texts.append(FakeText(text, tuple(words[k] for k in keep), tuple(keep)))
+        self._maybe_fail("prepare", texts)
         return FakePrepared(tuple(texts), options, layer_ids)
+
+    def _maybe_fail(self, stage: str, texts: Sequence[FakeText]) -> None:
+        if stage == self.fail_stage and any(POISON in t.text for t in texts):
+            raise RuntimeError(f"{stage} failed on purpose")
 
     def forward(
         self,
@@ -142,6 +154,7 @@ class FakeModel:
     ) -> list[np.ndarray]:
         self.entered.set()
         self.gate.wait(30)
+        self._maybe_fail("forward", texts)
         states = []
         for t in texts:  # one "run" per text: the question is asked between runs
             if should_stop is not None and should_stop():
@@ -158,6 +171,7 @@ class FakeModel:
     def finish(
         self, prepared: FakePrepared, states: Sequence[np.ndarray], state_layers: Sequence[int]
     ) -> list[WordEmbeddings]:
+        self._maybe_fail("finish", prepared.texts)
         pick = [list(state_layers).index(i) for i in prepared.layer_ids]
         results = []
         for text, st in zip(prepared.texts, states):

@@ -10,7 +10,7 @@ Thin: importing it loads grpc, protobuf and numpy, never onnxruntime or tokenize
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -203,14 +203,17 @@ class Client:
         batches: Iterable[Sequence[InputLike]],
         *,
         errors: Literal["raise", "return"] = "raise",
+        timeout: float | None = None,
         **options: Any,
     ) -> Iterator[list[WordEmbeddings] | CtxembedError]:
         """Bulk work over one stream: one result list per batch, in order. A batch that fails
         raises its typed error (``errors="raise"``), or is yielded as that error in place of
-        its results while the stream goes on (``errors="return"``)."""
+        its results while the stream goes on (``errors="return"``). Requests are sent as the
+        batches are read. A stream has no overall deadline (the client's ``timeout`` is per
+        call) unless ``timeout`` sets one."""
         requests = (request_from_call(batch, **options) for batch in batches)
         try:
-            stream = self._stub.EmbedStream(requests, timeout=self.timeout, metadata=self._metadata)
+            stream = self._stub.EmbedStream(requests, timeout=timeout, metadata=self._metadata)
             for response in stream:
                 yield _stream_item(response, errors)
         except grpc.RpcError as error:
@@ -281,13 +284,23 @@ class AsyncClient:
 
     async def embed_stream(
         self,
-        batches: Iterable[Sequence[InputLike]],
+        batches: Iterable[Sequence[InputLike]] | AsyncIterable[Sequence[InputLike]],
         *,
         errors: Literal["raise", "return"] = "raise",
+        timeout: float | None = None,
         **options: Any,
     ) -> AsyncIterator[list[WordEmbeddings] | CtxembedError]:
-        requests = [request_from_call(batch, **options) for batch in batches]
-        call = self._stub.EmbedStream(iter(requests), timeout=self.timeout, metadata=self._metadata)
+        """As ``Client.embed_stream``; ``batches`` may also be an async iterable."""
+
+        async def requests() -> AsyncIterator[pb.EmbedRequest]:
+            if isinstance(batches, AsyncIterable):
+                async for batch in batches:
+                    yield request_from_call(batch, **options)
+            else:
+                for batch in batches:
+                    yield request_from_call(batch, **options)
+
+        call = self._stub.EmbedStream(requests(), timeout=timeout, metadata=self._metadata)
         try:
             async for response in call:
                 yield _stream_item(response, errors)

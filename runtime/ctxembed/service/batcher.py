@@ -5,10 +5,12 @@ is reached, or the batch is as large as the previous one, or ``max_wait`` passes
 prepare → forward → finish for the whole batch in an executor thread, up to ``max_inflight``
 batches at once (ONNX Runtime has its own threads; see ``ModelSession``). A lone client never
 waits: the wait applies only while the previous batch showed concurrency. Cancelled requests
-and requests whose deadline passed are dropped before they run, and stop counting against the
-queue limit at once; a batch whose every caller has gone stops between ONNX runs; a full queue
-refuses new requests instead of growing; a request whose response could not be sent is refused
-before it is computed.
+and requests whose deadline passed are dropped before they run, and free their inputs and their
+place in the queue at once; a batch whose every caller has gone stops between ONNX runs; a full
+queue (by requests or by estimated tokens) refuses new requests instead of growing; a request
+whose response could not be sent is refused before it is computed. Requests fail alone: an error
+in one request's prepare or finish fails that request, and a failed batched run is retried with
+each request alone.
 """
 
 from __future__ import annotations
@@ -22,13 +24,15 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from ctxembed.runtime.errors import Abandoned, InvalidInput
 from ctxembed.runtime.stages import PreparedCall, WordEmbeddingModel
 from ctxembed.runtime.types import WordEmbeddings
 from ctxembed.service.convert import EmbedCall
 from ctxembed.service.metrics import Metrics
 from ctxembed.service.settings import BatcherSettings
-from ctxembed.service.status import DeadlineExpired, Overloaded
+from ctxembed.service.status import Cancelled, DeadlineExpired, Overloaded
 
 log = logging.getLogger("ctxembed.service")
 
@@ -61,7 +65,7 @@ class BatcherStats:
 
 @dataclass
 class _Job:
-    call: EmbedCall
+    call: EmbedCall | None  # None once its caller has gone: the inputs are freed at once
     future: asyncio.Future[list[WordEmbeddings]]
     deadline: float | None  # time.monotonic() by which the client stops waiting
     enqueued: float
@@ -71,7 +75,14 @@ class _Job:
     def gone(self, now: float) -> bool:
         """The caller no longer waits (cancelled, or its deadline passed). Read from the
         executor thread too: a stale answer only delays the stop to the next ONNX run."""
-        return self.future.done() or (self.deadline is not None and now >= self.deadline)
+        return self.future.done() or self.expired(now)
+
+    def expired(self, now: float) -> bool:
+        return self.deadline is not None and now >= self.deadline
+
+    def gone_error(self) -> Exception:
+        """What a caller that has gone is told, should it still be listening."""
+        return DeadlineExpired() if self.expired(time.monotonic()) else Cancelled()
 
 
 class MicroBatcher:
@@ -81,6 +92,7 @@ class MicroBatcher:
         self.max_batch_tokens = settings.max_batch_tokens
         self.max_wait = settings.max_wait_ms / 1000.0
         self.max_queue = settings.max_queue
+        self.max_queued_tokens = settings.max_queued_tokens
         self.max_response_bytes = settings.max_response_bytes
         self._dimension = model.info().dimension
         # Batches computed at once: one batch's tokenize and pool (Python, holding the GIL)
@@ -93,6 +105,7 @@ class MicroBatcher:
         self._inflight: set[asyncio.Task[None]] = set()
         self._last_batch = 1
         self._pending = 0  # queued jobs whose caller still waits
+        self._pending_tokens = 0  # their estimated tokens (what max_queued_tokens limits)
         self.metrics: Metrics | None = None  # set by the server when --metrics-port is on
 
     def start(self) -> None:
@@ -116,29 +129,45 @@ class MicroBatcher:
         """Queued requests whose callers still wait (what ``max_queue`` limits)."""
         return self._pending
 
+    @property
+    def queued_tokens(self) -> int:
+        """Estimated tokens of those requests (what ``max_queued_tokens`` limits)."""
+        return self._pending_tokens
+
     def _unqueue(self, job: _Job) -> None:
         if job.queued:
             job.queued = False
             self._pending -= 1
+            self._pending_tokens -= job.est_tokens
+
+    def _release(self, job: _Job) -> None:
+        """The caller has its answer or has gone: leave the count, drop the inputs."""
+        self._unqueue(job)
+        job.call = None
 
     async def submit(self, call: EmbedCall, timeout: float | None) -> list[WordEmbeddings]:
         """Queue a request and wait for its results; raises Overloaded when the queue is full."""
+        est_tokens = int(call.num_chars * TOKENS_PER_CHAR) + 2 * len(call.inputs)
         if self._pending >= self.max_queue:
             self.stats.rejected_overload += 1
-            raise Overloaded()
+            raise Overloaded(f"{self.max_queue} requests already queued")
+        # A lone request larger than the budget still runs (its own limits then apply).
+        if self._pending and self._pending_tokens + est_tokens > self.max_queued_tokens:
+            self.stats.rejected_overload += 1
+            raise Overloaded(
+                f"about {self._pending_tokens} tokens already queued, the limit is"
+                f" {self.max_queued_tokens}"
+            )
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         job = _Job(
-            call,
-            loop.create_future(),
-            None if timeout is None else now + timeout,
-            now,
-            int(call.num_chars * TOKENS_PER_CHAR) + 2 * len(call.inputs),
+            call, loop.create_future(), None if timeout is None else now + timeout, now, est_tokens
         )
-        # A cancelled RPC cancels the future: the job leaves the count at once, and is
-        # skipped when the batcher reaches it.
-        job.future.add_done_callback(lambda _: self._unqueue(job))
+        # A cancelled RPC cancels the future: the job leaves the count and frees its inputs at
+        # once, and is skipped when the batcher reaches it.
+        job.future.add_done_callback(lambda _: self._release(job))
         self._pending += 1
+        self._pending_tokens += est_tokens
         self._queue.put_nowait(job)
         return await job.future
 
@@ -212,10 +241,10 @@ class MicroBatcher:
             outcomes, (prepare_s, run_s, pool_s, texts) = await loop.run_in_executor(
                 self._executor, self._compute, jobs
             )
-        except Abandoned as exc:  # every caller left while it ran: nobody to answer
+        except Abandoned:  # every caller left while it ran: tell any still listening why
             self.stats.abandoned_batches += 1
-            return [exc] * len(jobs)
-        except Exception as exc:  # a bug: fail this batch, keep serving
+            return [job.gone_error() for job in jobs]
+        except Exception as exc:  # a bug outside the per-request steps: keep serving
             log.exception("batch failed")
             return [exc] * len(jobs)
         # Counted here, on the loop: batches in flight at once would race in their threads.
@@ -235,20 +264,55 @@ class MicroBatcher:
         self, jobs: Sequence[_Job]
     ) -> tuple[list[list[WordEmbeddings] | Exception], tuple[float, float, float, int]]:
         """prepare each request, one forward for all of them, finish each (executor thread);
-        also the seconds each stage took, and the texts."""
+        also the seconds each stage took, and the texts. Each request fails alone."""
         emb = self.model
         t0 = time.perf_counter()
-        outcomes: list[list[WordEmbeddings] | Exception] = []
+        outcomes: list[list[WordEmbeddings] | Exception] = [[] for _ in jobs]
         prepared: list[tuple[int, PreparedCall]] = []
         for i, job in enumerate(jobs):
+            call = job.call  # read once: the loop frees it when the caller goes
+            if call is None:
+                outcomes[i] = job.gone_error()
+                continue
             try:
-                call = emb.prepare(job.call.inputs, **job.call.options)
-                self._check_request_size(call)
-                prepared.append((i, call))
-                outcomes.append([])
-            except InvalidInput as exc:
-                outcomes.append(exc)
+                ready = emb.prepare(call.inputs, **call.options)
+                self._check_request_size(ready)
+            except Exception as exc:  # InvalidInput, or a bug that fails this request only
+                outcomes[i] = exc
+            else:
+                prepared.append((i, ready))
         t1 = time.perf_counter()
+        try:
+            states = self._forward(prepared, jobs)
+        except Abandoned:
+            raise
+        except Exception as exc:
+            if len(prepared) == 1:
+                outcomes[prepared[0][0]] = exc
+                states = {}
+            else:  # one request may have broken the run: give each its own
+                log.warning(
+                    "a batched run of %d requests failed (%s: %s); running each alone",
+                    len(prepared),
+                    type(exc).__name__,
+                    exc,
+                )
+                states = self._forward_each(prepared, jobs, outcomes)
+        t2 = time.perf_counter()
+        for i, p in prepared:
+            if i in states:
+                try:
+                    outcomes[i] = emb.finish(p, *states[i])
+                except Exception as exc:
+                    outcomes[i] = exc
+        t3 = time.perf_counter()
+        return outcomes, (t1 - t0, t2 - t1, t3 - t2, sum(len(p.texts) for _, p in prepared))
+
+    def _forward(
+        self, prepared: Sequence[tuple[int, PreparedCall]], jobs: Sequence[_Job]
+    ) -> dict[int, tuple[list[np.ndarray], list[int]]]:
+        """One forward for these requests: each one's token states and the layers they hold.
+        Raises ``Abandoned`` once every one of their callers has gone."""
         layers = sorted({layer for _, p in prepared for layer in p.layer_ids})
         texts = [t for _, p in prepared for t in p.texts]
         live = [jobs[i] for i, _ in prepared]
@@ -257,15 +321,28 @@ class MicroBatcher:
             now = time.monotonic()
             return all(job.gone(now) for job in live)
 
-        states = emb.forward(texts, layers, should_stop=everyone_gone) if texts else []
-        t2 = time.perf_counter()
-        start = 0
+        states = self.model.forward(texts, layers, should_stop=everyone_gone) if texts else []
+        out, start = {}, 0
         for i, p in prepared:
-            count = len(p.texts)
-            outcomes[i] = emb.finish(p, states[start : start + count], layers)
-            start += count
-        t3 = time.perf_counter()
-        return outcomes, (t1 - t0, t2 - t1, t3 - t2, len(texts))
+            out[i] = (states[start : start + len(p.texts)], layers)
+            start += len(p.texts)
+        return out
+
+    def _forward_each(
+        self,
+        prepared: Sequence[tuple[int, PreparedCall]],
+        jobs: Sequence[_Job],
+        outcomes: list[list[WordEmbeddings] | Exception],
+    ) -> dict[int, tuple[list[np.ndarray], list[int]]]:
+        states: dict[int, tuple[list[np.ndarray], list[int]]] = {}
+        for item in prepared:
+            try:
+                states.update(self._forward([item], jobs))
+            except Abandoned:
+                outcomes[item[0]] = jobs[item[0]].gone_error()
+            except Exception as exc:
+                outcomes[item[0]] = exc
+        return states
 
     def _check_request_size(self, call: PreparedCall) -> None:
         """Refuse before computing a request over the token limit, or whose response would be

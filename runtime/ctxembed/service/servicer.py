@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -178,7 +177,7 @@ class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
         return response, results
 
     def _status(self, exc: Exception, prefix: str = "") -> grpc.Status:
-        status = status_for(exc, self.batcher.max_queue, prefix)
+        status = status_for(exc, prefix)
         if status is None:
             log.error("internal error", exc_info=exc)
             status = plain(grpc.StatusCode.INTERNAL, "internal error; see the server log")
@@ -205,15 +204,24 @@ class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
         """One response per request, in order. A request that fails gets a response carrying
         its status in ``error``, and the stream goes on (bulk work survives one bad item)."""
         Item = tuple[float, asyncio.Task[tuple[pb.EmbedResponse, list[WordEmbeddings]]]]
-        pending: asyncio.Queue[Item | None] = asyncio.Queue(STREAM_WINDOW)
+        # Unbounded so that the end marker always fits; the window bounds what is in flight.
+        pending: asyncio.Queue[Item | None] = asyncio.Queue()
+        window = asyncio.Semaphore(STREAM_WINDOW)
 
         async def read() -> None:
-            async for request in request_iterator:
-                task = asyncio.ensure_future(self._embed(request, context))
-                await pending.put((time.perf_counter(), task))
-            await pending.put(None)
+            try:
+                async for request in request_iterator:
+                    await window.acquire()
+                    task = asyncio.ensure_future(self._embed(request, context))
+                    # A client that goes away leaves tasks nobody awaits: their outcome is
+                    # retrieved here, so none is logged as "never retrieved".
+                    task.add_done_callback(_consume)
+                    pending.put_nowait((time.perf_counter(), task))
+            finally:
+                pending.put_nowait(None)  # also when the reader fails: the stream must end
 
         reader = asyncio.ensure_future(read())
+        reader.add_done_callback(_consume)
         index = 0
         try:
             while (item := await pending.get()) is not None:
@@ -229,18 +237,19 @@ class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
                 else:
                     self._observe("EmbedStream", grpc.StatusCode.OK, started, results, context)
                     yield response
+                finally:
+                    window.release()
                 index += 1
-            await reader
+            try:
+                await reader  # re-raises what ended the reading early, if anything did
+            except Exception as exc:
+                await context.abort_with_status(self._status(exc))  # type: ignore[attr-defined]
         finally:
             reader.cancel()
             while not pending.empty():
                 leftover = pending.get_nowait()
                 if leftover is not None:
                     leftover[1].cancel()
-                    # retrieve its outcome, or asyncio logs "exception never retrieved"
-                    leftover[1].add_done_callback(_consume)
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
 
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Context) -> pb.ModelInfo:
         started = time.perf_counter()

@@ -17,11 +17,14 @@ class BatcherSettings:
     max_batch_tokens: int = 8192  # estimated tokens gathered into one batch
     max_wait_ms: float = 2.0  # longest a request waits for company (only under concurrency)
     max_queue: int = 256  # queued requests before RESOURCE_EXHAUSTED
+    # Estimated tokens of the queued requests before RESOURCE_EXHAUSTED: bounds the queue's
+    # memory however large each request is (about 5 s of int8 MiniLM on 2 cores).
+    max_queued_tokens: int = 65_536
     max_inflight: int | None = None  # batches computed at once; None: the model's parallel runs
     max_response_bytes: int = 64 * 1024 * 1024  # what the server may send (ServerSettings)
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_tokens", "max_queue", "max_inflight"):
+        for name in ("max_batch_tokens", "max_queue", "max_queued_tokens", "max_inflight"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}")

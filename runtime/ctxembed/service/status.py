@@ -6,15 +6,19 @@ import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from ctxembed.runtime.errors import InvalidInput
+from ctxembed.runtime.errors import Abandoned, InvalidInput
 
 
 class Overloaded(Exception):
-    """The request queue is full."""
+    """The request queue is full (the message says which limit)."""
 
 
 class DeadlineExpired(Exception):
-    """The request's deadline passed while it waited in the queue."""
+    """The request's deadline passed before its results were ready."""
+
+
+class Cancelled(Exception):
+    """The caller cancelled the request while it ran."""
 
 
 def invalid_argument(exc: InvalidInput, prefix: str = "") -> grpc.Status:
@@ -32,17 +36,18 @@ def plain(code: grpc.StatusCode, message: str) -> grpc.Status:
     return rpc_status.to_status(status)
 
 
-def status_for(exc: BaseException, max_queue: int, prefix: str = "") -> grpc.Status | None:
+def status_for(exc: BaseException, prefix: str = "") -> grpc.Status | None:
     """The status for an expected failure, or None for a bug (the caller reports INTERNAL)."""
     if isinstance(exc, InvalidInput):
         return invalid_argument(exc, prefix)
     if isinstance(exc, Overloaded):
         return plain(
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"server overloaded: {max_queue} requests already queued; retry with backoff",
+            grpc.StatusCode.RESOURCE_EXHAUSTED, f"server overloaded: {exc}; retry with backoff"
         )
     if isinstance(exc, DeadlineExpired):
-        return plain(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the request ran")
+        return plain(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the results")
+    if isinstance(exc, (Cancelled, Abandoned)):
+        return plain(grpc.StatusCode.CANCELLED, "cancelled by the caller")
     return None
 
 
