@@ -72,35 +72,62 @@ def _docker() -> str:
     return "docker"
 
 
+def _start(docker: str, *options: str) -> tuple[str, str]:
+    """Run the image detached; its container id and loopback address once it serves."""
+    run = subprocess.run(
+        [docker, "run", "-d", "--rm", "-p", "127.0.0.1::50051", *options, "ctxembed:latest"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    container = run.stdout.strip()
+    port = (
+        subprocess.run(
+            [docker, "port", container, "50051"], capture_output=True, text=True, check=True
+        )
+        .stdout.split(":")[-1]
+        .strip()
+    )
+    address = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with Client(address, timeout=2) as client:
+                assert client.health() == "SERVING"
+            return container, address
+        except Exception:
+            assert time.monotonic() < deadline, "the container did not serve"
+            time.sleep(1)
+
+
+def _stop(docker: str, container: str) -> str:
+    subprocess.run([docker, "kill", "--signal", str(int(signal.SIGTERM)), container])
+    waited = subprocess.run([docker, "wait", container], capture_output=True, text=True)
+    return waited.stdout.strip()
+
+
 @pytest.mark.slow
 def test_image_builds_serves_and_stops_cleanly() -> None:
     docker = _docker()
     subprocess.run(["make", "image"], cwd=ROOT, check=True, timeout=1800)
-    run = subprocess.run(
-        [docker, "run", "-d", "--rm", "-p", "127.0.0.1::50051", "ctxembed:latest"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
-    container = run.stdout.strip()
+    container, address = _start(docker)
     try:
-        port = (
-            subprocess.run(
-                [docker, "port", container, "50051"], capture_output=True, text=True, check=True
-            )
-            .stdout.split(":")[-1]
-            .strip()
-        )
-        address = f"127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                with Client(address, timeout=2) as client:
-                    assert client.health() == "SERVING"
-                    assert client.embed(["river bank"])[0].vectors.shape == (2, 384)
-                break
-            except Exception:
-                assert time.monotonic() < deadline, "the container did not serve"
-                time.sleep(1)
+        with Client(address, timeout=10) as client:
+            assert client.embed(["river bank"])[0].vectors.shape == (2, 384)
     finally:
-        subprocess.run([docker, "kill", "--signal", str(int(signal.SIGTERM)), container])
-    waited = subprocess.run([docker, "wait", container], capture_output=True, text=True)
-    assert waited.stdout.strip() in ("0", ""), waited.stdout  # --rm may remove it first
+        code = _stop(docker, container)
+    assert code in ("0", ""), code  # --rm may remove it first
+
+
+@pytest.mark.slow
+def test_image_under_a_cpu_quota_serves_with_one_thread() -> None:
+    """`docker run --cpus 1` on a machine with more cores: the cgroup quota sets the threads."""
+    docker = _docker()
+    subprocess.run(["make", "image"], cwd=ROOT, check=True, timeout=1800)
+    container, address = _start(docker, "--cpus", "1")
+    try:
+        with Client(address, timeout=10) as client:
+            info = client.info()
+        logs = subprocess.run([docker, "logs", container], capture_output=True, text=True)
+    finally:
+        _stop(docker, container)
+    assert (info.threads, info.parallel_runs) == (1, 1), info
+    assert "1 cores by cgroup CPU quota (1 CPUs)" in logs.stdout + logs.stderr

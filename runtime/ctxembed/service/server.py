@@ -15,6 +15,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from ctxembed.runtime.cpu import cpu_budget, limit_helper_threads
 from ctxembed.runtime.embedder import WordEmbedder
 from ctxembed.runtime.stages import WordEmbeddingModel
 from ctxembed.service.auth import TokenAuth
@@ -188,11 +189,13 @@ async def serve(
 ) -> int:
     """Run until SIGTERM/SIGINT, then shut down gracefully; returns the exit code."""
     started = time.perf_counter()
+    budget = cpu_budget()
+    limit_helper_threads(settings.engine.threads or budget.cores)
     running = await start_server(settings)
     if on_ready is not None:
         on_ready(running)
     info = running.model.info()
-    extras = ""
+    extras = f"; {budget.cores} cores by {budget.source}"
     if running.metrics_port is not None:
         extras += f", metrics on http://{settings.metrics_host}:{running.metrics_port}/metrics"
     if running.health_port is not None:
