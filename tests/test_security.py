@@ -173,3 +173,11 @@ def test_serve_reloads_tokens_on_sighup(model_dir: Path, token_file: Path) -> No
         server.proc.send_signal(signal.SIGTERM)
     code, log = server.finish()
     assert code == 0 and "rotated" not in log and TOKENS[0] not in log  # tokens never logged
+
+
+def test_token_file_comments_are_never_tokens(tmp_path: Path) -> None:
+    from ctxembed.service.auth import read_tokens
+
+    path = tmp_path / "tokens"
+    path.write_text("# a comment\n   # an indented comment\n\tsecret-1  \n\n  secret-2\n")
+    assert read_tokens(path) == (b"secret-1", b"secret-2")

@@ -28,14 +28,14 @@ REFLECTION_PREFIXES = (
 
 
 def read_tokens(path: Path) -> tuple[bytes, ...]:
-    """Accepted tokens: non-empty lines, surrounding whitespace removed; '#' starts a comment."""
+    """Accepted tokens: non-empty lines, surrounding whitespace removed; a line whose first
+    non-blank character is '#' is a comment (an indented one too: never a token)."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise ServeError(f"--auth-token-file {path}: cannot read it: {exc}") from None
-    tokens = tuple(
-        line.strip().encode() for line in lines if line.strip() and not line.startswith("#")
-    )
+    stripped = (line.strip() for line in lines)
+    tokens = tuple(line.encode() for line in stripped if line and not line.startswith("#"))
     if not tokens:
         raise ServeError(f"--auth-token-file {path} holds no token (one per line)")
     return tokens
