@@ -24,7 +24,7 @@ from ctxembed.service.event_loop import running_loop_name
 from ctxembed.service.interceptors import Drain
 from ctxembed.service.metrics import Metrics
 from ctxembed.service.servicer import WordEmbedderServicer, server_version
-from ctxembed.service.settings import ServeError, ServerSettings
+from ctxembed.service.settings import ServeError, ServerSettings, host_port
 from ctxembed.v1 import embedder_pb2 as pb
 
 log = logging.getLogger("ctxembed.service")
@@ -119,7 +119,7 @@ async def start_server(
         ),
         server,
     )
-    address = f"{settings.host}:{settings.port}"
+    address = host_port(settings.host, settings.port)
     health_port = None
     try:
         creds = _server_credentials(settings)
@@ -131,7 +131,7 @@ async def start_server(
             # Kubernetes probes send no certificate and no token: health alone, plaintext.
             health_server = grpc.aio.server(options=channel_options(settings))
             health_pb2_grpc.add_HealthServicer_to_server(health, health_server)
-            where = f"{settings.host}:{settings.health_port}"
+            where = host_port(settings.host, settings.health_port)
             health_port = health_server.add_insecure_port(where)
     except (RuntimeError, OSError) as exc:
         # so_reuseport is off: a port already in use fails here instead of being shared.
@@ -153,7 +153,7 @@ async def start_server(
         await health_server.start()
     for service in ("", SERVICE_NAME):
         await health.set(service, health_pb2.HealthCheckResponse.SERVING)
-    address = f"{settings.host}:{port}"
+    address = host_port(settings.host, port)
     return RunningServer(
         server,
         health,
@@ -199,7 +199,7 @@ async def serve(
     if running.metrics_port is not None:
         extras += f", metrics on http://{settings.metrics_host}:{running.metrics_port}/metrics"
     if running.health_port is not None:
-        extras += f", plaintext health on {settings.host}:{running.health_port}"
+        extras += f", plaintext health on {host_port(settings.host, running.health_port)}"
     log.info(
         "ctxembed serving %s (%s, %s, %d threads, %d parallel runs, %s) on %s, ready in %.2f s%s",
         info.name,

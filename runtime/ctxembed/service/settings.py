@@ -32,6 +32,13 @@ class BatcherSettings:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as gRPC and people read it: an IPv6 host in brackets (``[::]:50051``)."""
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"{host}:{port}"
+
+
 class ServeError(CtxembedError):
     """The server cannot start (address in use, unreadable TLS files)."""
 
