@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -53,7 +54,8 @@ def test_resume_skips_parts_already_written(tmp_path: Path) -> None:
 
     with pytest.raises(KeyboardInterrupt):
         embed_file(source, out, failing_embed, DIM, chunk_lines=4, progress=None)
-    assert sorted(p.name for p in parts.iterdir()) == ["part-000000.parquet"]  # no half part
+    # no half part (run.json records what made the parts)
+    assert sorted(p.name for p in parts.iterdir()) == ["part-000000.parquet", "run.json"]
     done = model.texts_computed
     summary = embed_file(source, out, model.embed_calls, DIM, chunk_lines=4, progress=None)
     assert summary.parts_reused == 1 and model.texts_computed - done == 6
@@ -90,3 +92,43 @@ def test_command_in_process_and_through_a_server_agree(model_dir: Path, tmp_path
             r for r in a if (r["text_index"], r["start"]) == (row["text_index"], row["start"])
         ]
         np.testing.assert_allclose(row["vector"], same["vector"], rtol=1e-5, atol=1e-5)
+
+
+def test_resume_refuses_parts_of_another_run(tmp_path: Path) -> None:
+    """A rerun with other options, another input or another model must not mix stale rows."""
+    model = FakeModel()
+    source = _lines(tmp_path / "in.txt", [f"text number {i}" for i in range(10)])
+    out = tmp_path / "out.parquet"
+    parts = tmp_path / "out.parquet.parts"
+    calls = []
+
+    def failing_embed(inputs: Sequence[TextInput]) -> list[WordEmbeddings]:
+        calls.append(len(inputs))
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return model.embed_calls(inputs)
+
+    with pytest.raises(KeyboardInterrupt):
+        embed_file(source, out, failing_embed, DIM, chunk_lines=4, progress=None, model="a")
+    for lines, model_name, expected in (
+        (5, "a", "chunk_lines 4 -> 5"),
+        (4, "b", "model 'a' -> 'b'"),
+    ):
+        with pytest.raises(BulkError, match=f"another run.*{expected}.*rm -r"):
+            embed_file(
+                source,
+                out,
+                model.embed_calls,
+                DIM,
+                chunk_lines=lines,
+                progress=None,
+                model=model_name,
+            )
+    _lines(source, [f"other text {i}" for i in range(12)])  # the input changed
+    with pytest.raises(BulkError, match="input_bytes"):
+        embed_file(source, out, model.embed_calls, DIM, chunk_lines=4, progress=None, model="a")
+    shutil.rmtree(parts)  # as the message says: start over
+    summary = embed_file(
+        source, out, model.embed_calls, DIM, chunk_lines=4, progress=None, model="a"
+    )
+    assert summary.parts_reused == 0 and pq.read_table(out).num_rows == 36

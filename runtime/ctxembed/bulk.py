@@ -3,8 +3,11 @@
 The input (plain text, one text per line, or JSONL with ``--text-field``) is read in chunks of
 ``chunk_lines`` lines, so memory stays bounded whatever its size. Each chunk becomes one part file
 in ``OUT.parquet.parts/``, written to a temporary name and renamed when complete; a run that is
-interrupted and started again skips the parts already there. When every part exists they are
-assembled, streaming, into ``OUT.parquet`` and the parts folder is removed.
+interrupted and started again skips the parts already there, if it is the same run: the folder
+records what made its parts (the input's path, size and modification time, the options and the
+model) in ``run.json``, and a run that differs in any of them is refused (saying how to start
+over) instead of mixing stale rows in. When every part exists they are assembled, streaming,
+into ``OUT.parquet`` and the parts folder is removed.
 
 Rows: ``text_index`` (the line's position in the input, 0-based, empty lines counted, so rows
 join back to the input), ``word``, ``start``, ``end`` (code points) and ``vector``
@@ -26,6 +29,7 @@ from ctxembed.runtime.errors import CtxembedError
 from ctxembed.runtime.types import TextInput, WordEmbeddings
 
 Embed = Callable[[Sequence[TextInput]], list[WordEmbeddings]]
+RUN_FILE = "run.json"  # in the parts folder: what made its parts
 CALL_TEXTS = 32  # texts per embed call: what the engine batches best
 # float32 vectors barely compress: snappy on the parts cost more time (written, then read back
 # for the assembly) than the embedding saved; zstd makes the final file ~10% smaller for little.
@@ -121,13 +125,27 @@ def embed_file(
     select_words: Sequence[str] = (),
     chunk_lines: int = 4096,
     progress: TextIO | None = sys.stderr,
+    model: str = "",
 ) -> BulkSummary:
+    """``model`` names what embeds (a folder, a server and its model): part of the run's
+    identity, so a rerun with another model does not reuse this one's parts."""
     pa = _pyarrow()
     import pyarrow.parquet as pq
 
     started = time.perf_counter()
     parts = out.with_name(out.name + ".parts")
-    parts.mkdir(parents=True, exist_ok=True)
+    stat = source.stat()
+    run = {
+        "input": str(source.resolve()),
+        "input_bytes": stat.st_size,
+        "input_mtime_ns": stat.st_mtime_ns,
+        "text_field": text_field,
+        "select_words": list(select_words),
+        "chunk_lines": chunk_lines,
+        "dimension": dimension,
+        "model": model,
+    }
+    _claim(parts, run)
     lines = texts = empty = words = reused = 0
     names = []
     for number, chunk in enumerate(read_chunks(source, text_field, chunk_lines)):
@@ -159,6 +177,35 @@ def embed_file(
     _assemble(pa, pq, names, out, dimension)
     shutil.rmtree(parts)
     return BulkSummary(lines, texts, empty, words, reused, time.perf_counter() - started)
+
+
+def _claim(parts: Path, run: dict[str, Any]) -> None:
+    """Make ``parts`` this run's folder, or refuse one that holds another run's parts."""
+    record = parts / RUN_FILE
+    if parts.is_dir() and any(parts.iterdir()):
+        try:
+            earlier = json.loads(record.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            earlier = None
+        if earlier != run:
+            if isinstance(earlier, dict):
+                changed = [
+                    f"{k} {earlier.get(k)!r} -> {v!r}"
+                    for k, v in run.items()
+                    if earlier.get(k) != v
+                ]
+                why = "it was made " + ("with other " + ", ".join(changed))
+            else:
+                why = f"it has no readable {RUN_FILE} (made by another version?)"
+            raise BulkError(
+                f"{parts} holds parts of another run, so they cannot be resumed: {why}."
+                f" To start over, delete it: rm -r '{parts}'"
+            )
+        return
+    parts.mkdir(parents=True, exist_ok=True)
+    tmp = parts / f".{RUN_FILE}.tmp"
+    tmp.write_text(json.dumps(run, indent=2) + "\n", encoding="utf-8")
+    tmp.rename(record)
 
 
 def _assemble(pa: Any, pq: Any, parts: list[Path], out: Path, dimension: int) -> None:

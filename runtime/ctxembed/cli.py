@@ -571,9 +571,13 @@ def _run_embed_file(args: argparse.Namespace) -> int:
 
         source = WordEmbedder.load(args.model_dir, parallel_runs=None)  # every core
         embed, dimension = source.embed, source.dimension
+        info = source.info()
+        model = f"{args.model_dir.resolve()} ({info.precision})"
     else:
         source = _client(args)
-        embed, dimension = source.embed, source.info().dimension
+        info = source.info()
+        embed, dimension = source.embed, info.dimension
+        model = f"{args.server} {info.name} ({info.precision}, {info.source_model})"
     with source:
         summary = embed_file(
             args.input,
@@ -583,6 +587,7 @@ def _run_embed_file(args: argparse.Namespace) -> int:
             text_field=args.text_field,
             select_words=select,
             chunk_lines=args.chunk_lines,
+            model=model,
         )
     print(
         f"{args.out}: {summary.words} words from {summary.texts} texts"
