@@ -109,6 +109,7 @@ def test_cancelled_jobs_free_their_inputs_and_tokens_bound_the_queue() -> None:
             assert batcher.queued == 1 and batcher.queued_tokens > 800
             with pytest.raises(Exception, match="tokens already queued, the limit is 1000"):
                 await batcher.submit(EmbedCall([TextInput(text="word " * 100)], {}), None)
+            assert batcher.jobs_in_queue == 1
             [job] = list(batcher._queue._queue)  # type: ignore[attr-defined]
             queued.cancel()
             await asyncio.sleep(0)

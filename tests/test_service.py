@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import re
 import signal
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from helpers import wait_for
 
 from benchmarks.corpus import load_corpus
 from benchmarks.harness import ProcessServer, ThreadServer
@@ -128,17 +129,19 @@ def test_int8_results_do_not_depend_on_batch(
 
 
 def test_sigterm_during_load_finishes_in_flight(model_dir: Path) -> None:
-    server = ProcessServer(model_dir, "--grace", "20")
-    assert server.ready_s < 2.0
+    from test_metrics import scrape
+
+    server = ProcessServer(model_dir, "--grace", "20", "--metrics-port", "0")
+    [metrics] = re.findall(r"metrics on (http://\S+/metrics)", "".join(server.lines))
     heavy = pb.EmbedRequest(inputs=[pb.TextInput(text="long text " * 300)] * 4)
     with grpc.insecure_channel(server.address, options=CHANNEL_OPTIONS) as channel:
         stub = pb_grpc.WordEmbedderStub(channel)
         in_flight = [stub.Embed.future(heavy, timeout=60) for _ in range(6)]
-        time.sleep(0.3)
+        received = ("ctxembed_requests_in_progress", ())
+        wait_for(lambda: scrape(metrics).get(received) == 6, what="all six calls received")
         server.proc.send_signal(signal.SIGTERM)
         for call in in_flight:
             assert len(call.result().results) == 4  # completed, not cut off
-        time.sleep(0.2)
         with pytest.raises(grpc.RpcError) as info:
             stub.Embed(heavy, timeout=10)
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import sys
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 from fake_model import DIM, FakeModel, word_vector
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from helpers import wait_for
 
 from benchmarks.harness import ThreadServer
 from ctxembed.client import CHANNEL_OPTIONS, AsyncClient, Client, WordNotFound
@@ -223,7 +223,7 @@ def test_overload_is_resource_exhausted() -> None:
             running = stub.Embed.future(request)
             assert model.entered.wait(10)  # the one batch slot is taken
             queued = stub.Embed.future(request)
-            time.sleep(0.2)
+            wait_for(lambda: server.running.batcher.queued == 1, what="the call to queue")
             with pytest.raises(grpc.RpcError) as info:
                 stub.Embed(request, timeout=10)
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -247,17 +247,16 @@ def test_deadline_and_cancel_are_not_computed() -> None:
             assert model.entered.wait(10)
             cancelled = stub.Embed.future(small)
             late = stub.Embed.future(small, timeout=0.2)
-            time.sleep(0.05)
+            wait_for(lambda: server.running.batcher.jobs_in_queue == 2, what="both calls queued")
             cancelled.cancel()
             with pytest.raises(grpc.RpcError) as info:
                 late.result()
             assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             model.gate.set()
             blocker.result()
-            time.sleep(0.2)
             stats = server.running.batcher.stats
             # gRPC cancels an RPC whose deadline passed, so either counter may take it
-            assert stats.dropped_cancelled + stats.dropped_deadline == 2
+            wait_for(lambda: stats.dropped_cancelled + stats.dropped_deadline == 2)
             assert model.texts_computed == 1  # only the blocker ran
             response = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service="ctxembed.v1.WordEmbedder")
@@ -432,12 +431,10 @@ def test_cancelled_calls_leave_the_queue_at_once() -> None:
             running = stub.Embed.future(request)
             assert model.entered.wait(10)
             doomed = [stub.Embed.future(request) for _ in range(2)]
-            time.sleep(0.2)
-            assert server.running.batcher.queued == 2
+            wait_for(lambda: server.running.batcher.queued == 2, what="two queued calls")
             for call in doomed:
                 call.cancel()
-            time.sleep(0.2)
-            assert server.running.batcher.queued == 0
+            wait_for(lambda: server.running.batcher.queued == 0, what="the queue to empty")
             live = stub.Embed.future(request)  # accepted: the queue has room again
             model.gate.set()
             assert len(live.result().results) == len(running.result().results) == 1
@@ -457,9 +454,9 @@ def test_work_stops_between_runs_once_the_caller_is_gone() -> None:
             with pytest.raises(grpc.RpcError) as info:
                 stub.Embed(request, timeout=0.3)
             assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            time.sleep(0.5)
+            stats = server.running.batcher.stats
+            wait_for(lambda: stats.abandoned_batches == 1, what="the batch to be abandoned")
             assert model.texts_computed < 20  # 2 s of work stopped soon after 0.3 s
-            assert server.running.batcher.stats.abandoned_batches == 1
             assert len(stub.Embed(pb.EmbedRequest(inputs=[pb.TextInput(text="ok")])).results) == 1
     finally:
         server.stop()

@@ -130,6 +130,11 @@ class MicroBatcher:
         return self._pending
 
     @property
+    def jobs_in_queue(self) -> int:
+        """Jobs in the queue, with those whose callers have gone until the batcher reaches them."""
+        return self._queue.qsize()
+
+    @property
     def queued_tokens(self) -> int:
         """Estimated tokens of those requests (what ``max_queued_tokens`` limits)."""
         return self._pending_tokens

@@ -78,6 +78,10 @@ class Metrics:
             "ctxembed_queue_depth", "Requests waiting for a batch (all workers)",
             registry=r, multiprocess_mode="livesum",
         )  # fmt: skip
+        self.in_progress = Gauge(
+            "ctxembed_requests_in_progress", "Requests received and not yet answered",
+            registry=r, multiprocess_mode="livesum",
+        )  # fmt: skip
         self._queue_depth = queue_depth if shared else None
         if not shared:
             self._depth.set_function(queue_depth)

@@ -167,7 +167,11 @@ class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
         if not request.inputs:
             raise InvalidInput("inputs", "must not be empty")
         call = call_from_request(request)
-        results = await self.batcher.submit(call, context.time_remaining())
+        if self.metrics is None:
+            results = await self.batcher.submit(call, context.time_remaining())
+        else:
+            with self.metrics.in_progress.track_inprogress():
+                results = await self.batcher.submit(call, context.time_remaining())
         start = time.perf_counter()
         response = response_from_results(results)
         serialize_s = time.perf_counter() - start
