@@ -13,6 +13,9 @@ on loopback with the real model, and prints what it counted.
    stopped; results unchanged after.
 5. Structure-aware fuzzing (benchmarks/fuzz.py): never INTERNAL or UNKNOWN.
 6. Soak: saturation, RSS sampled; growth after warm-up.
+7. Flood: while heavy calls keep every batch slot busy, 64 clients send large requests with
+   50 ms deadlines; peak RSS against the warmed-up idle figure (within 20%), codes only OK,
+   DEADLINE_EXCEEDED, CANCELLED or RESOURCE_EXHAUSTED, SERVING after.
 
 Writes benchmarks/results/stress.{json,md}.
 """
@@ -294,6 +297,69 @@ def soak(model_dir: Path, seconds: float, warmup: float = 60.0) -> dict[str, Any
     }
 
 
+FLOOD_TEXT = "The river bank flooded after the storm, and the bank closed its branch. " * 40
+
+
+def flood(model_dir: Path, seconds: float = 15.0) -> dict[str, Any]:
+    """Dead callers' work must not pile up: inputs of requests whose callers have gone are
+    freed at once, and the queue is bounded by estimated tokens as well as by requests."""
+    server, _ = start_server(model_dir, [])
+    heavy = pb.EmbedRequest(inputs=[pb.TextInput(text="long text " * 300)] * 8)
+    big = pb.EmbedRequest(inputs=[pb.TextInput(text=FLOOD_TEXT)] * 16)  # ~46 KB of text
+
+    async def load(duration: float, flooding: bool, samples: list[float]) -> Counter[str]:
+        codes: Counter[str] = Counter()
+        end = time.monotonic() + duration
+        channels = [grpc.aio.insecure_channel(server.address) for _ in range(8)]
+
+        async def caller(n: int, request: pb.EmbedRequest, timeout: float) -> None:
+            stub = pb_grpc.WordEmbedderStub(channels[n % len(channels)])
+            while time.monotonic() < end:
+                try:
+                    await stub.Embed(request, timeout=timeout)
+                    codes["OK"] += 1
+                except grpc.aio.AioRpcError as error:
+                    codes[error.code().name] += 1
+
+        async def sample() -> None:
+            while time.monotonic() < end:
+                samples.append(process_facts(server.proc.pid)["rss_mb"])
+                await asyncio.sleep(0.2)
+
+        tasks = [caller(n, heavy, 60.0) for n in range(4)]  # keeps every batch slot busy
+        if flooding:
+            tasks += [caller(n, big, 0.05) for n in range(64)]
+        try:
+            await asyncio.gather(sample(), *tasks)
+        finally:
+            for channel in channels:
+                await channel.close(None)
+        return codes
+
+    try:
+        warm: list[float] = []
+        asyncio.run(load(5.0, False, warm))  # the heavy work grows the allocator's arenas
+        time.sleep(2.0)
+        idle = process_facts(server.proc.pid)["rss_mb"]
+        samples: list[float] = []
+        codes = asyncio.run(load(seconds, True, samples))
+        serving = _serving(server.address)
+    finally:
+        stats = stop(server)
+    peak = max(samples)
+    allowed = {"OK", "DEADLINE_EXCEEDED", "CANCELLED", "RESOURCE_EXHAUSTED"}
+    return {
+        "seconds": seconds,
+        "codes": dict(codes),
+        "idle_rss_mb_after_warmup": idle,
+        "peak_rss_mb": peak,
+        "peak_over_idle_pct": 100 * (peak / idle - 1),
+        "server_stats": stats,
+        "serving_after": serving,
+        "passed": peak <= 1.2 * idle and set(codes) <= allowed and serving,
+    }
+
+
 def markdown(result: dict[str, Any]) -> str:
     s = result["scenarios"]
     lines = [f"# Reliability suite ({result['started']}, {result['model_dir']})", ""]
@@ -341,6 +407,15 @@ def markdown(result: dict[str, Any]) -> str:
             f"6. Soak, {r['seconds']:.0f} s of 32 saturating clients: RSS growth after warm-up"
             f" **{r['rss_growth_after_warmup_pct']:+.1f}%**; codes {r['codes']}"
         )
+    if "flood" in s:
+        r = s["flood"]
+        lines.append(
+            f"7. Flood, {r['seconds']:.0f} s: 64 clients of 16-text requests with 50 ms deadlines"
+            f" while heavy calls hold every batch slot: peak RSS {r['peak_rss_mb']:.0f} MB,"
+            f" **{r['peak_over_idle_pct']:+.1f}%** over the warmed-up idle"
+            f" {r['idle_rss_mb_after_warmup']:.0f} MB (limit +20%); codes {r['codes']}; SERVING"
+            f" after {r['serving_after']}"
+        )
     lines += ["", "All passed: " + str(all(v["passed"] for v in s.values()))]
     return "\n".join(lines) + "\n"
 
@@ -348,7 +423,7 @@ def markdown(result: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "all-MiniLM-L6-v2")
-    p.add_argument("--only", default="1,2,3,4,5,6")
+    p.add_argument("--only", default="1,2,3,4,5,6,7")
     p.add_argument("--soak-seconds", type=float, default=600.0)
     p.add_argument("--fuzz-examples", type=int, default=100_000)
     args = p.parse_args(argv)
@@ -360,6 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         4: ("deadlines", lambda: deadlines_and_cancels(args.model_dir)),
         5: ("fuzz", lambda: fuzzing(args.model_dir, args.fuzz_examples)),
         6: ("soak", lambda: soak(args.model_dir, args.soak_seconds)),
+        7: ("flood", lambda: flood(args.model_dir)),
     }
     result: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
