@@ -6,10 +6,12 @@ Importing this module costs numpy only: the client shares these types without lo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 import numpy as np
+
+from ctxembed.runtime.flag import flag
 
 # Each choice is defined once, here; the CLI, the protobuf mapping and validation read it.
 Pooling = Literal["mean", "first", "last", "first_last", "max"]
@@ -83,19 +85,35 @@ class EmbedOptions:
     include_tokens: bool = False
 
 
+DEFAULT_OPTIONS = EmbedOptions()  # frozen: one shared instance as a default argument
+
+
 @dataclass(frozen=True)
 class Limits:
     """Per-text limits; the service adds its per-request limit on the number of inputs."""
 
-    max_chars_per_text: int = 100_000
-    max_words_per_text: int = 10_000
-    max_spans_per_text: int = 1_000
-    max_inputs_per_request: int = 256
-    max_select_words: int = 1_000
+    max_chars_per_text: int = field(
+        default=100_000, metadata=flag("characters per text", name="--max-chars", minimum=1)
+    )
+    max_words_per_text: int = field(
+        default=10_000, metadata=flag("words per pre-split text", name="--max-words", minimum=1)
+    )
+    max_spans_per_text: int = field(
+        default=1_000, metadata=flag("select_spans per text", name="--max-spans", minimum=1)
+    )
+    max_inputs_per_request: int = field(
+        default=256, metadata=flag("inputs per request", name="--max-inputs", minimum=1)
+    )
+    max_select_words: int = field(default=1_000, metadata=flag("select_words per text", minimum=1))
     # Tokens of all texts of one request, checked by the server (in process a call may be as
-    # large as memory allows): bounds what one call costs (about 2-3 s of int8 MiniLM on 2
-    # cores here) and what a response weighs.
-    max_tokens_per_request: int = 32_768
+    # large as memory allows): bounds what one call costs and what a response weighs.
+    max_tokens_per_request: int = field(
+        default=32_768,
+        metadata=flag(
+            "tokens of all the texts of one request (about 2-3 s of int8 MiniLM on 2 cores)",
+            minimum=1,
+        ),
+    )
 
 
 @dataclass(frozen=True)

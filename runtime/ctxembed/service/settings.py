@@ -1,4 +1,5 @@
-"""What ``ctxembed serve`` configures, and every default, defined once; the CLI reads them here.
+"""What ``ctxembed serve`` configures, and every default, defined once: the CLI's flags and
+environment variables are generated from these fields (``runtime/flag.py``).
 
 Kept apart from the server so that building the CLI's parser imports no engine.
 """
@@ -7,21 +8,47 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from ctxembed.runtime.errors import CtxembedError
+from ctxembed.runtime.flag import flag
 from ctxembed.runtime.settings import EngineSettings
+from ctxembed.service.event_loop import EVENT_LOOPS
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS: tuple[Literal["text", "json"], ...] = ("text", "json")
 
 
 @dataclass(frozen=True)
 class BatcherSettings:
-    max_batch_tokens: int = 8192  # estimated tokens gathered into one batch
-    max_wait_ms: float = 2.0  # longest a request waits for company (only under concurrency)
-    max_queue: int = 256  # queued requests before RESOURCE_EXHAUSTED
-    # Estimated tokens of the queued requests before RESOURCE_EXHAUSTED: bounds the queue's
-    # memory however large each request is (about 5 s of int8 MiniLM on 2 cores).
-    max_queued_tokens: int = 65_536
-    max_inflight: int | None = None  # batches computed at once; None: the model's parallel runs
-    max_response_bytes: int = 64 * 1024 * 1024  # what the server may send (ServerSettings)
+    max_batch_tokens: int = field(
+        default=8192, metadata=flag("estimated tokens gathered into one micro-batch", minimum=1)
+    )
+    # Only under concurrency: a lone client never waits.
+    max_wait_ms: float = field(
+        default=2.0,
+        metadata=flag("longest a request waits for company in a micro-batch", type=float,
+                      minimum=0),
+    )  # fmt: skip
+    max_queue: int = field(
+        default=256, metadata=flag("queued requests before RESOURCE_EXHAUSTED", minimum=1)
+    )
+    # Bounds the queue's memory however large each request is.
+    max_queued_tokens: int = field(
+        default=65_536,
+        metadata=flag(
+            "estimated tokens of the queued requests before RESOURCE_EXHAUSTED (about 5 s of"
+            " int8 MiniLM on 2 cores)",
+            minimum=1,
+        ),
+    )
+    max_inflight: int | None = field(
+        default=None,
+        metadata=flag("micro-batches computed at once", minimum=1,
+                      default_text="the model's parallel runs"),
+    )  # fmt: skip
+    # What the server may send: set from ServerSettings.max_send_mb, so not a flag of its own.
+    max_response_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         for name in ("max_batch_tokens", "max_queue", "max_queued_tokens", "max_inflight"):
@@ -45,35 +72,107 @@ class ServeError(CtxembedError):
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """Everything ``ctxembed serve`` configures, built once in main(); the CLI's defaults."""
+    """Everything ``ctxembed serve`` configures: its flags are generated from these fields."""
 
-    model_dir: Path | None = None  # None only when start_server is given a model
-    host: str = "127.0.0.1"
-    port: int = 50051  # 0 picks a free port
-    # The server computes batched rows in parallel runs, one per physical core.
+    model_dir: Path | None = field(
+        default=None,  # None only when start_server is given a model
+        metadata=flag("folder from `ctxembed export`", type=Path, required=True),
+    )
+    host: str = field(
+        default="127.0.0.1", metadata=flag("bind address ([::] or :: for every IPv6 one)")
+    )
+    port: int = field(
+        default=50051, metadata=flag("port; 0 picks a free one", minimum=0, maximum=65535)
+    )
+    # The server computes batched rows in parallel runs, one per core of the CPU budget.
     engine: EngineSettings = field(default_factory=lambda: EngineSettings(parallel_runs=None))
     batcher: BatcherSettings = field(default_factory=BatcherSettings)
-    grace_s: float = 10.0  # seconds in-flight calls get to finish after SIGTERM
-    max_receive_mb: int = 16
-    max_send_mb: int = 64
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None  # mutual TLS: client certificates signed by this CA
-    auth_token_file: Path | None = None  # bearer tokens, one per line (re-read on SIGHUP)
-    open_reflection: bool = False  # reflection without a token (health is always open)
-    health_port: int | None = None  # health alone, in plaintext, for probes beside mTLS
-    metrics_port: int | None = None  # Prometheus /metrics over HTTP; 0 picks a free port
-    metrics_host: str = "127.0.0.1"
+    grace_s: float = field(
+        default=10.0,
+        metadata=flag("seconds in-flight requests get to finish after SIGTERM", name="--grace",
+                      type=float, minimum=0),
+    )  # fmt: skip
+    max_receive_mb: int = field(
+        default=16, metadata=flag("largest request message accepted, in MiB", minimum=1)
+    )
+    max_send_mb: int = field(
+        default=64,
+        metadata=flag("largest response message sent, in MiB (larger ones are refused before"
+                      " they are computed)", minimum=1),
+    )  # fmt: skip
+    tls_cert: Path | None = field(
+        default=None, metadata=flag("PEM certificate (with --tls-key)", type=Path)
+    )
+    tls_key: Path | None = field(
+        default=None, metadata=flag("PEM private key (with --tls-cert)", type=Path)
+    )
+    tls_client_ca: Path | None = field(
+        default=None,
+        metadata=flag("mutual TLS: require client certificates signed by this CA (PEM)",
+                      type=Path),
+    )  # fmt: skip
+    auth_token_file: Path | None = field(
+        default=None,
+        metadata=flag("accepted bearer tokens, one per line, re-read on SIGHUP (none: no"
+                      " authentication)", type=Path),
+    )  # fmt: skip
+    open_reflection: bool = field(
+        default=False,
+        metadata=flag("serve reflection without a token (health never needs one)",
+                      kind="switch"),
+    )  # fmt: skip
+    health_port: int | None = field(
+        default=None,
+        metadata=flag("also serve the health service alone, in plaintext, on this port (for"
+                      " probes that cannot present a client certificate)", minimum=0,
+                      maximum=65535),
+    )  # fmt: skip
+    metrics_port: int | None = field(
+        default=None,
+        metadata=flag("serve Prometheus /metrics over HTTP on this port (0 picks one; off by"
+                      " default)", minimum=0, maximum=65535),
+    )  # fmt: skip
+    metrics_host: str = field(
+        default="127.0.0.1", metadata=flag("address of /metrics (it has no authentication)")
+    )
     # A worker of --workers: record metrics in prometheus-client's multiprocess files, which
     # the supervisor serves on metrics_port for all workers together.
     metrics_shared: bool = False
-    access_log: bool = False  # one line per call: method, peer, code, ms, texts, tokens
+    access_log: bool = field(
+        default=False,
+        metadata=flag("one log line per call: method, peer, status, milliseconds, texts, tokens",
+                      kind="switch"),
+    )  # fmt: skip
     # Several worker processes share the port (ctxembed serve --workers); a lone server keeps
     # reuseport off so that a second one on a taken port fails instead of sharing it.
     reuse_port: bool = False
 
     def __post_init__(self) -> None:
+        if self.max_receive_mb < 1 or self.max_send_mb < 1:
+            raise ServeError("max_receive_mb and max_send_mb must be at least 1")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ServeError("TLS needs both --tls-cert and --tls-key; refusing to serve plaintext")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ServeError("--tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+
+
+@dataclass(frozen=True)
+class ProcessSettings:
+    """How the ``ctxembed serve`` process runs around its server(s)."""
+
+    workers: int = field(
+        default=1,
+        metadata=flag("server processes sharing the port, the cores split between them",
+                      minimum=1),
+    )  # fmt: skip
+    event_loop: str = field(
+        default=EVENT_LOOPS[0],
+        metadata=flag("event loop: the standard one, or uvloop (pip install 'ctxembed[uvloop]')",
+                      choices=EVENT_LOOPS),
+    )  # fmt: skip
+    log_level: str = field(
+        default="INFO", metadata=flag("log level", type=str.upper, choices=LOG_LEVELS)
+    )
+    log_format: Literal["text", "json"] = field(
+        default="text", metadata=flag("text, or one JSON object per line", choices=LOG_FORMATS)
+    )
