@@ -112,7 +112,7 @@ def references(source: Path, embedder: Any, texts: Sequence[str]) -> list[np.nda
             hidden = model(input_ids=ids, attention_mask=torch.ones_like(ids))
         states = hidden.last_hidden_state[0].numpy()
         p = prepared.tokens.num_prefix
-        out.append(np.stack([states[p + s : p + e].mean(0) for s, e in prepared.units.tokens]))
+        out.append(np.stack([states[p + s : p + e].mean(0) for s, e in prepared.selection.tokens]))
     return out
 
 

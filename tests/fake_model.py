@@ -22,13 +22,11 @@ import numpy as np
 from ctxembed.runtime.errors import Abandoned, InvalidInput
 from ctxembed.runtime.stages import response_bytes
 from ctxembed.runtime.types import (
-    DType,
+    DEFAULT_OPTIONS,
     EmbedOptions,
     InputLike,
-    LayerCombine,
     Limits,
     ModelInfo,
-    Pooling,
     TextInput,
     Word,
     WordEmbeddings,
@@ -112,23 +110,11 @@ class FakeModel:
         )
 
     def prepare(
-        self,
-        inputs: Sequence[InputLike],
-        *,
-        pooling: Pooling = "mean",
-        layers: Sequence[int] = (-1,),
-        layer_combine: LayerCombine = "mean",
-        normalize: bool = False,
-        dtype: DType = "float32",
-        include_tokens: bool = False,
+        self, inputs: Sequence[InputLike], options: EmbedOptions = DEFAULT_OPTIONS
     ) -> FakePrepared:
         if isinstance(inputs, (str, TextInput)):
             raise InvalidInput("inputs", "expected a list of inputs, got a single input")
-        options, layer_ids = check_options(
-            EmbedOptions(pooling, tuple(layers), layer_combine, normalize, dtype, include_tokens),
-            NUM_LAYERS,
-            tuple(range(NUM_LAYERS + 1)),
-        )
+        options, layer_ids = check_options(options, NUM_LAYERS, tuple(range(NUM_LAYERS + 1)))
         texts = []
         for i, value in enumerate(inputs):
             inp = coerce_input(value, f"inputs[{i}]")

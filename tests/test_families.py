@@ -125,7 +125,7 @@ def test_words_offsets_and_vectors_match_pytorch(exported: Exported, text: str) 
     hidden = _reference(exported, prepared.tokens.framed_ids)
     n_prefix = prepared.tokens.num_prefix
     expected = np.stack(
-        [hidden[n_prefix + s : n_prefix + e].mean(0) for s, e in prepared.units.tokens.tolist()]
+        [hidden[n_prefix + s : n_prefix + e].mean(0) for s, e in prepared.selection.tokens.tolist()]
     )
     assert _cosine(res.vectors, expected).min() >= 0.9999
 
@@ -190,7 +190,7 @@ def test_long_texts_with_whitespace_runs(exported: Exported, text: str) -> None:
         for s, e in windows
     ]
     expected = []
-    for a, b in prepared.units.tokens.tolist():
+    for a, b in prepared.selection.tokens.tolist():
         fits = [(min((a + b) / 2 - s, e - (a + b) / 2), -k) for k, (s, e) in enumerate(windows)
                 if s <= a and b <= e]  # fmt: skip
         k = -max(fits)[1]

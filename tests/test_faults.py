@@ -20,12 +20,12 @@ from benchmarks.harness import ThreadServer
 from ctxembed.client import CHANNEL_OPTIONS
 from ctxembed.runtime import TextInput
 from ctxembed.service.batcher import MicroBatcher
-from ctxembed.service.convert import EmbedCall
 from ctxembed.service.servicer import WordEmbedderServicer
 from ctxembed.service.settings import BatcherSettings
 from ctxembed.service.status import Cancelled, DeadlineExpired, status_for
 from ctxembed.v1 import embedder_pb2 as pb
 from ctxembed.v1 import embedder_pb2_grpc as pb_grpc
+from ctxembed.v1.wire import DecodedRequest
 
 
 def _request(text: str) -> pb.EmbedRequest:
@@ -79,7 +79,7 @@ def test_abandoned_batch_tells_a_caller_still_listening_why() -> None:
         batcher = MicroBatcher(model)
         batcher.start()
         try:
-            call = EmbedCall([TextInput(text=f"text {i}") for i in range(40)], {})
+            call = DecodedRequest([TextInput(text=f"text {i}") for i in range(40)])
             with pytest.raises(DeadlineExpired) as info:
                 await batcher.submit(call, timeout=0.2)
             assert batcher.stats.abandoned_batches == 1
@@ -100,15 +100,15 @@ def test_cancelled_jobs_free_their_inputs_and_tokens_bound_the_queue() -> None:
         batcher = MicroBatcher(model, BatcherSettings(max_queued_tokens=1000))
         batcher.start()
         try:
-            running = asyncio.ensure_future(batcher.submit(EmbedCall([TextInput("x")], {}), None))
+            running = asyncio.ensure_future(batcher.submit(DecodedRequest([TextInput("x")]), None))
             while not model.entered.is_set():
                 await asyncio.sleep(0.01)
-            big = EmbedCall([TextInput(text="word " * 600)], {})  # about 900 tokens
+            big = DecodedRequest([TextInput(text="word " * 600)])  # about 900 tokens
             queued = asyncio.ensure_future(batcher.submit(big, None))
             await asyncio.sleep(0.05)
             assert batcher.queued == 1 and batcher.queued_tokens > 800
             with pytest.raises(Exception, match="tokens already queued, the limit is 1000"):
-                await batcher.submit(EmbedCall([TextInput(text="word " * 100)], {}), None)
+                await batcher.submit(DecodedRequest([TextInput(text="word " * 100)]), None)
             assert batcher.jobs_in_queue == 1
             [job] = list(batcher._queue._queue)  # type: ignore[attr-defined]
             queued.cancel()
@@ -116,7 +116,7 @@ def test_cancelled_jobs_free_their_inputs_and_tokens_bound_the_queue() -> None:
             assert job.call is None  # the inputs are freed at once, not when dequeued
             assert batcher.queued == 0 and batcher.queued_tokens == 0
             small = asyncio.ensure_future(
-                batcher.submit(EmbedCall([TextInput(text="word " * 100)], {}), None)
+                batcher.submit(DecodedRequest([TextInput(text="word " * 100)]), None)
             )
             await asyncio.sleep(0.05)
             model.gate.set()

@@ -70,3 +70,18 @@ print(res.words[0].text, res.vectors.shape)
     )
     assert check.returncode == 0, check.stderr
     assert check.stdout.strip() == "bank (1, 384)"
+
+
+def test_the_client_is_only_a_client() -> None:
+    """The client shares the wire conversions (ctxembed.v1.wire), never the server's package,
+    nor the engine's onnxruntime and tokenizers."""
+    proc = _run("""
+import sys
+import ctxembed.client
+loaded = sorted(m for m in sys.modules if m.startswith("ctxembed.service")
+                or m.split(".")[0] in ("onnxruntime", "tokenizers"))
+assert not loaded, loaded
+print("ok")
+""")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "ok"

@@ -27,9 +27,9 @@ from benchmarks.harness import ThreadServer
 from ctxembed.client import CHANNEL_OPTIONS, AsyncClient, Client, WordNotFound
 from ctxembed.runtime import InvalidInput, Limits, ModelInfo, TextInput
 from ctxembed.service.settings import BatcherSettings
-from ctxembed.service.status import field_violations, field_violations_of
 from ctxembed.v1 import embedder_pb2 as pb
 from ctxembed.v1 import embedder_pb2_grpc as pb_grpc
+from ctxembed.v1.wire import field_violations, field_violations_of
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import fields
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -19,11 +20,16 @@ import grpc
 import numpy as np
 
 from ctxembed.runtime.errors import CtxembedError, InvalidInput
-from ctxembed.runtime.types import InputLike, ModelInfo, TextInput, WordEmbeddings
-from ctxembed.service.convert import info_from_pb, request_from_call, results_from_response
-from ctxembed.service.status import field_violations, field_violations_of
+from ctxembed.runtime.types import EmbedOptions, InputLike, ModelInfo, TextInput, WordEmbeddings
 from ctxembed.v1 import embedder_pb2 as pb
 from ctxembed.v1 import embedder_pb2_grpc as pb_grpc
+from ctxembed.v1.wire import (
+    field_violations,
+    field_violations_of,
+    info_from_pb,
+    request_from_call,
+    results_from_response,
+)
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 # Spread calls over every address a target resolves to (dns:///host:port with a headless
@@ -144,9 +150,51 @@ def make_channel(target: str, credentials: grpc.ChannelCredentials | None) -> gr
     return grpc.insecure_channel(target, options=CHANNEL_OPTIONS)
 
 
-class Client:
+def _options(options: dict[str, Any]) -> EmbedOptions:
+    """The typed options of ``embed(..., pooling=..., layers=...)``; a misspelt one is named."""
+    try:
+        return EmbedOptions(**options)
+    except TypeError:
+        known = [f.name for f in fields(EmbedOptions)]
+        unknown = sorted(set(options) - set(known))
+        raise InvalidInput(unknown[0], f"unknown option; use {', '.join(known)}") from None
+
+
+def _occurrence(res: WordEmbeddings, word: str, occurrence: int) -> np.ndarray:
+    if occurrence >= len(res.words):
+        found = len(res.words)
+        raise WordNotFound(
+            f"{word!r} occurs {found} time(s) in the text; occurrence {occurrence} is absent"
+        )
+    return res.vectors[occurrence]
+
+
+class _Connection:
+    """What both clients hold: the per-call timeout, the token's metadata and credentials."""
+
+    def __init__(
+        self,
+        timeout: float | None,
+        token: str | None,
+        credentials: grpc.ChannelCredentials | None,
+        tls_ca: PathLike | None,
+        tls_cert: PathLike | None,
+        tls_key: PathLike | None,
+    ) -> None:
+        self.timeout = timeout
+        self._metadata = bearer(token)
+        self._credentials = channel_credentials(credentials, tls_ca, tls_cert, tls_key)
+
+    def _per_call(self, timeout: float | None) -> float | None:
+        return timeout or self.timeout
+
+
+class Client(_Connection):
     """Blocking client. TLS: ``tls_ca`` (the server's CA), and ``tls_cert``/``tls_key`` for
-    mutual TLS, or ``credentials`` built by hand; ``token`` is sent as a bearer token."""
+    mutual TLS, or ``credentials`` built by hand; ``token`` is sent as a bearer token.
+
+    Result vectors are read-only views of the received bytes (no copy): ``.copy()`` one to
+    write to it. The engine's own results (``WordEmbedder.embed``) are writable."""
 
     def __init__(
         self,
@@ -159,10 +207,8 @@ class Client:
         tls_key: PathLike | None = None,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        self.timeout = timeout
-        self._metadata = bearer(token)
-        creds = channel_credentials(credentials, tls_ca, tls_cert, tls_key)
-        self._channel = make_channel(target, creds)
+        super().__init__(timeout, token, credentials, tls_ca, tls_cert, tls_key)
+        self._channel = make_channel(target, self._credentials)
         self._stub = pb_grpc.WordEmbedderStub(self._channel)
 
     def __enter__(self) -> Client:
@@ -178,10 +224,10 @@ class Client:
         self, inputs: Sequence[InputLike], *, timeout: float | None = None, **options: Any
     ) -> list[WordEmbeddings]:
         """Like ``WordEmbedder.embed``: pooling, layers, layer_combine, normalize, dtype..."""
-        request = request_from_call(inputs, **options)
+        request = request_from_call(inputs, _options(options))
         try:
             response = self._stub.Embed(
-                request, timeout=timeout or self.timeout, metadata=self._metadata
+                request, timeout=self._per_call(timeout), metadata=self._metadata
             )
         except grpc.RpcError as error:
             _raise_typed(error)
@@ -191,12 +237,7 @@ class Client:
     def embed_word(self, text: str, word: str, occurrence: int = 0, **options: Any) -> np.ndarray:
         """The vector of one occurrence (0-based) of ``word`` in ``text``."""
         [res] = self.embed([TextInput(text=text, select_words=[word])], **options)
-        if occurrence >= len(res.words):
-            found = len(res.words)
-            raise WordNotFound(
-                f"{word!r} occurs {found} time(s) in the text; occurrence {occurrence} is absent"
-            )
-        return res.vectors[occurrence]
+        return _occurrence(res, word, occurrence)
 
     def embed_stream(
         self,
@@ -211,7 +252,8 @@ class Client:
         its results while the stream goes on (``errors="return"``). Requests are sent as the
         batches are read. A stream has no overall deadline (the client's ``timeout`` is per
         call) unless ``timeout`` sets one."""
-        requests = (request_from_call(batch, **options) for batch in batches)
+        typed = _options(options)
+        requests = (request_from_call(batch, typed) for batch in batches)
         try:
             stream = self._stub.EmbedStream(requests, timeout=timeout, metadata=self._metadata)
             for response in stream:
@@ -237,8 +279,8 @@ class Client:
         return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
 
-class AsyncClient:
-    """asyncio client (grpc.aio) for concurrent callers."""
+class AsyncClient(_Connection):
+    """asyncio client (grpc.aio) for concurrent callers: ``Client``'s calls, awaited."""
 
     def __init__(
         self,
@@ -251,11 +293,11 @@ class AsyncClient:
         tls_key: PathLike | None = None,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        self.timeout = timeout
-        self._metadata = bearer(token)
-        creds = channel_credentials(credentials, tls_ca, tls_cert, tls_key)
-        if creds is not None:
-            self._channel = grpc.aio.secure_channel(target, creds, options=CHANNEL_OPTIONS)
+        super().__init__(timeout, token, credentials, tls_ca, tls_cert, tls_key)
+        if self._credentials is not None:
+            self._channel = grpc.aio.secure_channel(
+                target, self._credentials, options=CHANNEL_OPTIONS
+            )
         else:
             self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
         self._stub = pb_grpc.WordEmbedderStub(self._channel)
@@ -272,15 +314,21 @@ class AsyncClient:
     async def embed(
         self, inputs: Sequence[InputLike], *, timeout: float | None = None, **options: Any
     ) -> list[WordEmbeddings]:
-        request = request_from_call(inputs, **options)
+        request = request_from_call(inputs, _options(options))
         try:
             response = await self._stub.Embed(
-                request, timeout=timeout or self.timeout, metadata=self._metadata
+                request, timeout=self._per_call(timeout), metadata=self._metadata
             )
         except grpc.RpcError as error:
             _raise_typed(error)
             raise
         return results_from_response(response)
+
+    async def embed_word(
+        self, text: str, word: str, occurrence: int = 0, **options: Any
+    ) -> np.ndarray:
+        [res] = await self.embed([TextInput(text=text, select_words=[word])], **options)
+        return _occurrence(res, word, occurrence)
 
     async def embed_stream(
         self,
@@ -291,14 +339,15 @@ class AsyncClient:
         **options: Any,
     ) -> AsyncIterator[list[WordEmbeddings] | CtxembedError]:
         """As ``Client.embed_stream``; ``batches`` may also be an async iterable."""
+        typed = _options(options)
 
         async def requests() -> AsyncIterator[pb.EmbedRequest]:
             if isinstance(batches, AsyncIterable):
                 async for batch in batches:
-                    yield request_from_call(batch, **options)
+                    yield request_from_call(batch, typed)
             else:
                 for batch in batches:
-                    yield request_from_call(batch, **options)
+                    yield request_from_call(batch, typed)
 
         call = self._stub.EmbedStream(requests(), timeout=timeout, metadata=self._metadata)
         try:

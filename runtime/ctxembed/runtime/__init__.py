@@ -23,12 +23,12 @@ from ctxembed.runtime.types import (
 )
 
 if TYPE_CHECKING:
-    from ctxembed.runtime.embedder import Prepared, PreparedText, WordEmbedder
+    from ctxembed.runtime.embedder import TextPlan, TokenizedInputs, WordEmbedder
     from ctxembed.runtime.settings import EngineSettings
 
 _LAZY = {
-    "Prepared": "ctxembed.runtime.embedder",
-    "PreparedText": "ctxembed.runtime.embedder",
+    "TokenizedInputs": "ctxembed.runtime.embedder",
+    "TextPlan": "ctxembed.runtime.embedder",
     "WordEmbedder": "ctxembed.runtime.embedder",
     "EngineSettings": "ctxembed.runtime.settings",
 }
@@ -50,11 +50,11 @@ __all__ = [
     "Limits",
     "ModelInfo",
     "ModelLoadError",
-    "Prepared",
-    "PreparedText",
     "ProviderUnavailable",
     "TextInput",
+    "TextPlan",
     "Token",
+    "TokenizedInputs",
     "Word",
     "WordEmbedder",
     "WordEmbeddings",

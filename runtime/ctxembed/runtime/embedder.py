@@ -3,7 +3,7 @@
 The work is three stages that can be tested and timed alone, and that the gRPC micro-batcher
 drives separately so that one ONNX run serves many requests:
 
-    prepare  (validate, tokenize, select units, plan windows)  → Prepared
+    prepare  (validate, tokenize, select the output words, plan windows)  → TokenizedInputs
     forward  (pad per length bucket, run the session)          → token states per text
     finish   (combine layers, pool, normalize, build results)  → WordEmbeddings
 """
@@ -21,12 +21,13 @@ import numpy as np
 from ctxembed.runtime.errors import Abandoned, InvalidInput, ModelLoadError
 from ctxembed.runtime.manifest import Manifest, load_manifest
 from ctxembed.runtime.pooling import combine_layers, l2_normalize, pool
-from ctxembed.runtime.selection import Units, all_words, select_spans, select_words
+from ctxembed.runtime.selection import Selection, all_words, select_spans, select_words
 from ctxembed.runtime.session import CUDA, ModelSession, onnxruntime_version
 from ctxembed.runtime.settings import MAX_PADDING, RUN_BATCH_TOKENS, EngineSettings
 from ctxembed.runtime.stages import response_bytes
 from ctxembed.runtime.tokenization import TextTokenizer, TokenizedText
 from ctxembed.runtime.types import (
+    DEFAULT_OPTIONS,
     DType,
     EmbedOptions,
     InputLike,
@@ -44,16 +45,18 @@ from ctxembed.runtime.windows import WindowPlan, plan_windows
 
 
 # NamedTuples rather than dataclasses: built on every request, and cheaper to build.
-class PreparedText(NamedTuple):
+class TextPlan(NamedTuple):
+    """One text ready to run: its tokens, the words (or spans) it returns, and its windows."""
+
     tokens: TokenizedText
-    units: Units
+    selection: Selection
     plan: WindowPlan
 
 
-class Prepared(NamedTuple):
+class TokenizedInputs(NamedTuple):
     """A validated, tokenized call, ready for :meth:`WordEmbedder.forward`."""
 
-    texts: tuple[PreparedText, ...]
+    texts: tuple[TextPlan, ...]
     options: EmbedOptions
     layer_ids: tuple[int, ...]  # absolute hidden-state indices
 
@@ -67,7 +70,7 @@ class Prepared(NamedTuple):
             self.options,
             dimension,
             [
-                (t.units.tokens.shape[0], t.tokens.num_tokens, len(t.tokens.text))
+                (t.selection.tokens.shape[0], t.tokens.num_tokens, len(t.tokens.text))
                 for t in self.texts
             ],
         )
@@ -201,36 +204,20 @@ class WordEmbedder:
         include_tokens: bool = False,
     ) -> list[WordEmbeddings]:
         """Embed many inputs at once; results come back in input order."""
-        prepared = self.prepare(
-            inputs,
-            pooling=pooling,
-            layers=layers,
-            layer_combine=layer_combine,
-            normalize=normalize,
-            dtype=dtype,
-            include_tokens=include_tokens,
-        )
+        options = EmbedOptions(pooling, layers, layer_combine, normalize, dtype, include_tokens)  # type: ignore[arg-type]
+        prepared = self.prepare(inputs, options)
         states = self.forward(prepared.texts, prepared.layer_ids)
         return self.finish(prepared, states, prepared.layer_ids)
 
     # -- stage 1 -----------------------------------------------------------------------------
     def prepare(
-        self,
-        inputs: Sequence[InputLike],
-        *,
-        pooling: Pooling = "mean",
-        layers: Sequence[int] = (-1,),
-        layer_combine: LayerCombine = "mean",
-        normalize: bool = False,
-        dtype: DType = "float32",
-        include_tokens: bool = False,
-    ) -> Prepared:
+        self, inputs: Sequence[InputLike], options: EmbedOptions = DEFAULT_OPTIONS
+    ) -> TokenizedInputs:
+        """Validate and tokenize; raises ``InvalidInput`` naming the field."""
         if isinstance(inputs, (str, TextInput)):
             raise InvalidInput("inputs", "expected a list of inputs, got a single input")
         options, layer_ids = check_options(
-            EmbedOptions(pooling, layers, layer_combine, normalize, dtype, include_tokens),  # type: ignore[arg-type]
-            self.manifest.num_layers,
-            self._layers_available,
+            options, self.manifest.num_layers, self._layers_available
         )
         coerced = [coerce_input(value, f"inputs[{i}]") for i, value in enumerate(inputs)]
         for i, inp in enumerate(coerced):
@@ -240,7 +227,7 @@ class WordEmbedder:
             self._prepare_text(inp, tok, f"inputs[{i}]")
             for i, (inp, tok) in enumerate(zip(coerced, tokenized))
         )
-        return Prepared(texts, options, layer_ids)
+        return TokenizedInputs(texts, options, layer_ids)
 
     def _tokenize(self, inputs: Sequence[TextInput]) -> list[TokenizedText]:
         if all(inp.text is not None for inp in inputs):  # the usual call: no pre-split words
@@ -260,25 +247,25 @@ class WordEmbedder:
                 out[i] = tok
         return [t for t in out if t is not None]
 
-    def _prepare_text(self, inp: TextInput, tok: TokenizedText, field: str) -> PreparedText:
+    def _prepare_text(self, inp: TextInput, tok: TokenizedText, field: str) -> TextPlan:
         if inp.words is not None and tok.word_index.shape[0] != len(inp.words):
             missing = sorted(set(range(len(inp.words))) - set(tok.word_index.tolist()))[0]
             raise InvalidInput(
                 f"{field}.words[{missing}]", "produces no token (only characters the model ignores)"
             )
         if inp.select_spans:
-            units = select_spans(tok, inp.select_spans, field)
+            selection = select_spans(tok, inp.select_spans, field)
         elif inp.select_words:
-            units = select_words(tok, inp.select_words, self.tokenizer.normalize)
+            selection = select_words(tok, inp.select_words, self.tokenizer.normalize)
         else:
-            units = all_words(tok)
+            selection = all_words(tok)
         plan = plan_windows(tok.num_tokens, tok.word_tokens, self.capacity, self.stride)
-        return PreparedText(tok, units, plan)
+        return TextPlan(tok, selection, plan)
 
     # -- stage 2 -----------------------------------------------------------------------------
     def forward(
         self,
-        texts: Sequence[PreparedText],
+        texts: Sequence[TextPlan],
         layer_ids: Sequence[int],
         should_stop: Callable[[], bool] | None = None,
     ) -> list[np.ndarray]:
@@ -290,13 +277,13 @@ class WordEmbedder:
         says yes, ``Abandoned`` is raised (the caller has gone: stop spending CPU on it).
         """
         outputs = [self.manifest.layer_outputs[i] for i in layer_ids]
-        if len(texts) == 1 and texts[0].plan.count == 1 and texts[0].units.tokens.shape[0]:
+        if len(texts) == 1 and texts[0].plan.count == 1 and texts[0].selection.tokens.shape[0]:
             return [self._forward_alone(texts[0], outputs)]
         n_prefix, n_special = len(self.tokenizer.prefix_ids), self.tokenizer.num_special
         rows: list[tuple[int, int, int, int]] = []  # (text, window, start, end) per model row
         states = []
         for t, text in enumerate(texts):
-            n = text.tokens.num_tokens if text.units.tokens.shape[0] else 0
+            n = text.tokens.num_tokens if text.selection.tokens.shape[0] else 0
             states.append(np.empty((len(outputs), n, self.dimension), np.float32))
             if n:
                 rows.extend((t, w, s, e) for w, (s, e) in enumerate(text.plan.windows.tolist()))
@@ -340,7 +327,7 @@ class WordEmbedder:
                 raise Abandoned()
             yield from self.session.run_many(feeds[start : start + step], outputs)
 
-    def _forward_alone(self, text: PreparedText, outputs: list[str]) -> np.ndarray:
+    def _forward_alone(self, text: TextPlan, outputs: list[str]) -> np.ndarray:
         """One text in one window (most requests): no bucketing, and no copy of the states,
         which are views into the session's output."""
         ids = text.tokens.framed_ids[None, :]
@@ -376,7 +363,7 @@ class WordEmbedder:
 
     @staticmethod
     def _scatter(
-        text: PreparedText,
+        text: TextPlan,
         window: int,
         start: int,
         row_states: list[np.ndarray],
@@ -395,7 +382,7 @@ class WordEmbedder:
 
     # -- stage 3 -----------------------------------------------------------------------------
     def finish(
-        self, prepared: Prepared, states: Sequence[np.ndarray], state_layers: Sequence[int]
+        self, prepared: TokenizedInputs, states: Sequence[np.ndarray], state_layers: Sequence[int]
     ) -> list[WordEmbeddings]:
         """Pool each text; ``state_layers`` says which layer each row of ``states`` holds."""
         if tuple(state_layers) != prepared.layer_ids:
@@ -407,27 +394,29 @@ class WordEmbedder:
         ]
 
     def _finish_text(
-        self, text: PreparedText, states: np.ndarray, options: EmbedOptions
+        self, text: TextPlan, states: np.ndarray, options: EmbedOptions
     ) -> WordEmbeddings:
-        units = text.units
+        selection = text.selection
         hidden = combine_layers(states, options.layer_combine)
-        vectors = pool(hidden, units.tokens, options.pooling)
+        vectors = pool(hidden, selection.tokens, options.pooling)
         if options.normalize:
             vectors = l2_normalize(vectors)
         if options.dtype == "float16":
             vectors = vectors.astype(np.float16)
         tok = text.tokens
         source = tok.text
-        spans = zip(units.chars.tolist(), units.index.tolist())
+        spans = zip(selection.chars.tolist(), selection.index.tolist())
         if options.include_tokens:
-            tokens = _tokens(tok, units.tokens.tolist())
+            tokens = _tokens(tok, selection.tokens.tolist())
             words = tuple(
                 Word(source[cs:ce], cs, ce, i, t) for ((cs, ce), i), t in zip(spans, tokens)
             )
         else:
             words = tuple(Word(source[cs:ce], cs, ce, i) for (cs, ce), i in spans)
-        passes = text.plan.count if tok.num_tokens and units.tokens.shape[0] else 0  # skipped
-        return WordEmbeddings(words, vectors, tok.num_tokens, passes)
+        windows_run = (
+            text.plan.count if tok.num_tokens and selection.tokens.shape[0] else 0
+        )  # skipped
+        return WordEmbeddings(words, vectors, tok.num_tokens, windows_run)
 
 
 def _tokens(tok: TokenizedText, ranges: list[list[int]]) -> list[tuple[Token, ...]]:

@@ -12,19 +12,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ctxembed.runtime.types import (
-    DType,
-    EmbedOptions,
-    InputLike,
-    LayerCombine,
-    Limits,
-    ModelInfo,
-    Pooling,
-    WordEmbeddings,
-)
+from ctxembed.runtime.types import EmbedOptions, InputLike, Limits, ModelInfo, WordEmbeddings
 
 
-class PreparedCall(Protocol):
+class PreparedInputs(Protocol):
     """What ``prepare`` returns: validated, tokenized texts and the layers they need."""
 
     @property
@@ -54,17 +45,7 @@ class WordEmbeddingModel(Protocol):
 
     def info(self) -> ModelInfo: ...
 
-    def prepare(
-        self,
-        inputs: Sequence[InputLike],
-        *,
-        pooling: Pooling = ...,
-        layers: Sequence[int] = ...,
-        layer_combine: LayerCombine = ...,
-        normalize: bool = ...,
-        dtype: DType = ...,
-        include_tokens: bool = ...,
-    ) -> PreparedCall:
+    def prepare(self, inputs: Sequence[InputLike], options: EmbedOptions = ...) -> PreparedInputs:
         """Validate and tokenize; raises ``InvalidInput`` naming the field."""
         ...
 
@@ -90,15 +71,15 @@ class WordEmbeddingModel(Protocol):
 def response_bytes(
     options: EmbedOptions, dimension: int, texts: Sequence[tuple[int, int, int]]
 ) -> int:
-    """Serialized size estimate of results with (units, tokens, characters) per text: each
+    """Serialized size estimate of results with (words, tokens, characters) per text: each
     vector, ~16 bytes a word, the words' text, and ~24 bytes a token with include_tokens."""
     width = dimension * (2 if options.pooling == "first_last" else 1)
     if options.layer_combine == "concat":
         width *= max(1, len(options.layers))
     item = 2 if options.dtype == "float16" else 4
     total = 0
-    for units, tokens, chars in texts:
-        total += units * (width * item + 16) + 4 * chars
+    for words, tokens, chars in texts:
+        total += words * (width * item + 16) + 4 * chars
         if options.include_tokens:
             total += tokens * 24
     return total

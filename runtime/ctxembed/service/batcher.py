@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ctxembed.runtime.errors import Abandoned, InvalidInput
-from ctxembed.runtime.stages import PreparedCall, WordEmbeddingModel
+from ctxembed.runtime.stages import PreparedInputs, WordEmbeddingModel
 from ctxembed.runtime.types import WordEmbeddings
-from ctxembed.service.convert import EmbedCall
 from ctxembed.service.metrics import Metrics
 from ctxembed.service.settings import BatcherSettings
 from ctxembed.service.status import Cancelled, DeadlineExpired, Overloaded
+from ctxembed.v1.wire import DecodedRequest
 
 log = logging.getLogger("ctxembed.service")
 
@@ -64,8 +64,8 @@ class BatcherStats:
 
 
 @dataclass
-class _Job:
-    call: EmbedCall | None  # None once its caller has gone: the inputs are freed at once
+class _QueuedRequest:
+    call: DecodedRequest | None  # None once its caller has gone: the inputs are freed at once
     future: asyncio.Future[list[WordEmbeddings]]
     deadline: float | None  # time.monotonic() by which the client stops waiting
     enqueued: float
@@ -99,7 +99,7 @@ class MicroBatcher:
         # overlap another's ONNX runs, instead of leaving the cores idle between runs.
         self.max_inflight = settings.max_inflight or model.parallel_runs
         self.stats = BatcherStats()
-        self._queue: asyncio.Queue[_Job] = asyncio.Queue()
+        self._queue: asyncio.Queue[_QueuedRequest] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(self.max_inflight, thread_name_prefix="ctxembed-run")
         self._task: asyncio.Task[None] | None = None
         self._inflight: set[asyncio.Task[None]] = set()
@@ -139,18 +139,18 @@ class MicroBatcher:
         """Estimated tokens of those requests (what ``max_queued_tokens`` limits)."""
         return self._pending_tokens
 
-    def _unqueue(self, job: _Job) -> None:
+    def _unqueue(self, job: _QueuedRequest) -> None:
         if job.queued:
             job.queued = False
             self._pending -= 1
             self._pending_tokens -= job.est_tokens
 
-    def _release(self, job: _Job) -> None:
+    def _release(self, job: _QueuedRequest) -> None:
         """The caller has its answer or has gone: leave the count, drop the inputs."""
         self._unqueue(job)
         job.call = None
 
-    async def submit(self, call: EmbedCall, timeout: float | None) -> list[WordEmbeddings]:
+    async def submit(self, call: DecodedRequest, timeout: float | None) -> list[WordEmbeddings]:
         """Queue a request and wait for its results; raises Overloaded when the queue is full."""
         est_tokens = int(call.num_chars * TOKENS_PER_CHAR) + 2 * len(call.inputs)
         if self._pending >= self.max_queue:
@@ -165,7 +165,7 @@ class MicroBatcher:
             )
         loop = asyncio.get_running_loop()
         now = time.monotonic()
-        job = _Job(
+        job = _QueuedRequest(
             call, loop.create_future(), None if timeout is None else now + timeout, now, est_tokens
         )
         # A cancelled RPC cancels the future: the job leaves the count and frees its inputs at
@@ -176,7 +176,7 @@ class MicroBatcher:
         self._queue.put_nowait(job)
         return await job.future
 
-    async def _collect(self) -> list[_Job]:
+    async def _collect(self) -> list[_QueuedRequest]:
         loop = asyncio.get_running_loop()
         batch = [await self._queue.get()]
         tokens = batch[0].est_tokens
@@ -228,7 +228,7 @@ class MicroBatcher:
             task.add_done_callback(self._inflight.discard)
             task.add_done_callback(lambda _: slots.release())
 
-    async def _deliver(self, live: Sequence[_Job]) -> None:
+    async def _deliver(self, live: Sequence[_QueuedRequest]) -> None:
         outcomes = await self._execute(live)
         for job, outcome in zip(live, outcomes):
             if job.future.done():
@@ -240,7 +240,9 @@ class MicroBatcher:
                 self.stats.requests_done += 1
                 job.future.set_result(outcome)
 
-    async def _execute(self, jobs: Sequence[_Job]) -> list[list[WordEmbeddings] | Exception]:
+    async def _execute(
+        self, jobs: Sequence[_QueuedRequest]
+    ) -> list[list[WordEmbeddings] | Exception]:
         loop = asyncio.get_running_loop()
         try:
             outcomes, (prepare_s, run_s, pool_s, texts) = await loop.run_in_executor(
@@ -266,21 +268,21 @@ class MicroBatcher:
         return outcomes
 
     def _compute(
-        self, jobs: Sequence[_Job]
+        self, jobs: Sequence[_QueuedRequest]
     ) -> tuple[list[list[WordEmbeddings] | Exception], tuple[float, float, float, int]]:
         """prepare each request, one forward for all of them, finish each (executor thread);
         also the seconds each stage took, and the texts. Each request fails alone."""
         emb = self.model
         t0 = time.perf_counter()
         outcomes: list[list[WordEmbeddings] | Exception] = [[] for _ in jobs]
-        prepared: list[tuple[int, PreparedCall]] = []
+        prepared: list[tuple[int, PreparedInputs]] = []
         for i, job in enumerate(jobs):
             call = job.call  # read once: the loop frees it when the caller goes
             if call is None:
                 outcomes[i] = job.gone_error()
                 continue
             try:
-                ready = emb.prepare(call.inputs, **call.options)
+                ready = emb.prepare(call.inputs, call.options)
                 self._check_request_size(ready)
             except Exception as exc:  # InvalidInput, or a bug that fails this request only
                 outcomes[i] = exc
@@ -314,7 +316,7 @@ class MicroBatcher:
         return outcomes, (t1 - t0, t2 - t1, t3 - t2, sum(len(p.texts) for _, p in prepared))
 
     def _forward(
-        self, prepared: Sequence[tuple[int, PreparedCall]], jobs: Sequence[_Job]
+        self, prepared: Sequence[tuple[int, PreparedInputs]], jobs: Sequence[_QueuedRequest]
     ) -> dict[int, tuple[list[np.ndarray], list[int]]]:
         """One forward for these requests: each one's token states and the layers they hold.
         Raises ``Abandoned`` once every one of their callers has gone."""
@@ -335,8 +337,8 @@ class MicroBatcher:
 
     def _forward_each(
         self,
-        prepared: Sequence[tuple[int, PreparedCall]],
-        jobs: Sequence[_Job],
+        prepared: Sequence[tuple[int, PreparedInputs]],
+        jobs: Sequence[_QueuedRequest],
         outcomes: list[list[WordEmbeddings] | Exception],
     ) -> dict[int, tuple[list[np.ndarray], list[int]]]:
         states: dict[int, tuple[list[np.ndarray], list[int]]] = {}
@@ -349,7 +351,7 @@ class MicroBatcher:
                 outcomes[item[0]] = exc
         return states
 
-    def _check_request_size(self, call: PreparedCall) -> None:
+    def _check_request_size(self, call: PreparedInputs) -> None:
         """Refuse before computing a request over the token limit, or whose response would be
         larger than the server may send."""
         limit = self.model.limits.max_tokens_per_request

@@ -18,11 +18,11 @@ from ctxembed.runtime.errors import InvalidInput
 from ctxembed.runtime.stages import WordEmbeddingModel
 from ctxembed.runtime.types import WordEmbeddings
 from ctxembed.service.batcher import MicroBatcher
-from ctxembed.service.convert import call_from_request, info_to_pb, response_from_results
 from ctxembed.service.metrics import Metrics
 from ctxembed.service.status import plain, status_for
 from ctxembed.v1 import embedder_pb2 as pb
 from ctxembed.v1 import embedder_pb2_grpc as pb_grpc
+from ctxembed.v1.wire import call_from_request, info_to_pb, response_from_results
 
 log = logging.getLogger("ctxembed.service")
 access = logging.getLogger("ctxembed.access")

@@ -49,20 +49,3 @@ def status_for(exc: BaseException, prefix: str = "") -> grpc.Status | None:
     if isinstance(exc, (Cancelled, Abandoned)):
         return plain(grpc.StatusCode.CANCELLED, "cancelled by the caller")
     return None
-
-
-def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
-    """(field, description) pairs of an INVALID_ARGUMENT error's BadRequest details."""
-    status = rpc_status.from_call(error)  # type: ignore[arg-type]
-    return field_violations_of(status) if status is not None else []
-
-
-def field_violations_of(status: status_pb2.Status) -> list[tuple[str, str]]:
-    """(field, description) pairs of a google.rpc.Status's BadRequest details."""
-    found: list[tuple[str, str]] = []
-    for detail in status.details:
-        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            detail.Unpack(bad)
-            found.extend((v.field, v.description) for v in bad.field_violations)
-    return found

@@ -1,6 +1,8 @@
-"""Protobuf ↔ engine types, both directions (the server and the client share them).
+"""Protobuf ↔ engine types, both directions: the one module the server and the client share.
 
-Vectors travel as raw little-endian bytes: building ``repeated float`` in Python costs far more.
+It imports protobuf, numpy and the engine's value types only (never the service), so the client
+stays a client. Vectors travel as raw little-endian bytes: building ``repeated float`` in
+Python costs far more.
 """
 
 from __future__ import annotations
@@ -9,12 +11,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import numpy as np
+from google.rpc import error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from ctxembed.runtime.errors import InvalidInput
 from ctxembed.runtime.types import (
+    DEFAULT_OPTIONS,
     CharSpan,
     DType,
+    EmbedOptions,
     InputLike,
     LayerCombine,
     Limits,
@@ -46,11 +53,11 @@ NUMPY_DTYPE: dict[int, np.dtype[Any]] = {pb.FLOAT32: np.dtype("<f4"), pb.FLOAT16
 
 
 @dataclass(frozen=True)
-class EmbedCall:
-    """A request in engine terms: what ``WordEmbedder.prepare`` takes."""
+class DecodedRequest:
+    """A request in engine terms: what ``WordEmbeddingModel.prepare`` takes."""
 
     inputs: list[TextInput]
-    options: dict[str, Any]
+    options: EmbedOptions = DEFAULT_OPTIONS
 
     @property
     def num_chars(self) -> int:
@@ -66,7 +73,7 @@ def _enum(table: Mapping[Any, str], value: int, field: str) -> str:
         raise InvalidInput(field, f"unknown value {value}") from None
 
 
-def call_from_request(request: pb.EmbedRequest) -> EmbedCall:
+def call_from_request(request: pb.EmbedRequest) -> DecodedRequest:
     inputs = []
     for i, item in enumerate(request.inputs):
         kind = item.WhichOneof("content")
@@ -85,15 +92,15 @@ def call_from_request(request: pb.EmbedRequest) -> EmbedCall:
                     select_spans=spans,
                 )
             )
-    options = {
-        "pooling": _enum(POOLING_FROM_PB, request.pooling, "pooling"),
-        "layers": tuple(request.layers) or (-1,),
-        "layer_combine": _enum(COMBINE_FROM_PB, request.layer_combine, "layer_combine"),
-        "dtype": _enum(DTYPE_FROM_PB, request.dtype, "dtype"),
-        "normalize": request.normalize,
-        "include_tokens": request.include_tokens,
-    }
-    return EmbedCall(inputs, options)
+    options = EmbedOptions(
+        pooling=_enum(POOLING_FROM_PB, request.pooling, "pooling"),  # type: ignore[arg-type]
+        layers=tuple(request.layers) or (-1,),
+        layer_combine=_enum(COMBINE_FROM_PB, request.layer_combine, "layer_combine"),  # type: ignore[arg-type]
+        dtype=_enum(DTYPE_FROM_PB, request.dtype, "dtype"),  # type: ignore[arg-type]
+        normalize=request.normalize,
+        include_tokens=request.include_tokens,
+    )
+    return DecodedRequest(inputs, options)
 
 
 def response_from_results(results: Sequence[WordEmbeddings]) -> pb.EmbedResponse:
@@ -114,29 +121,25 @@ def response_from_results(results: Sequence[WordEmbeddings]) -> pb.EmbedResponse
 
 # -- client side ------------------------------------------------------------------------------
 def request_from_call(
-    inputs: Sequence[InputLike],
-    *,
-    pooling: Pooling = "mean",
-    layers: Sequence[int] = (-1,),
-    layer_combine: LayerCombine = "mean",
-    normalize: bool = False,
-    dtype: DType = "float32",
-    include_tokens: bool = False,
+    inputs: Sequence[InputLike], options: EmbedOptions = DEFAULT_OPTIONS
 ) -> pb.EmbedRequest:
-    for name, value, table in (
-        ("pooling", pooling, POOLING_TO_PB),
-        ("layer_combine", layer_combine, COMBINE_TO_PB),
-        ("dtype", dtype, DTYPE_TO_PB),
+    """The request for these inputs and options; the server checks them as the engine does,
+    so only what protobuf cannot carry is refused here."""
+    for name, table in (
+        ("pooling", POOLING_TO_PB),
+        ("layer_combine", COMBINE_TO_PB),
+        ("dtype", DTYPE_TO_PB),
     ):
+        value = getattr(options, name)
         if value not in table:
             raise InvalidInput(name, f"unknown value {value!r}; use one of {', '.join(table)}")
     request = pb.EmbedRequest(
-        pooling=POOLING_TO_PB[pooling],
-        layers=list(layers),
-        layer_combine=COMBINE_TO_PB[layer_combine],
-        dtype=DTYPE_TO_PB[dtype],
-        normalize=normalize,
-        include_tokens=include_tokens,
+        pooling=POOLING_TO_PB[options.pooling],
+        layers=list(options.layers),
+        layer_combine=COMBINE_TO_PB[options.layer_combine],
+        dtype=DTYPE_TO_PB[options.dtype],
+        normalize=options.normalize,
+        include_tokens=options.include_tokens,
     )
     for i, inp in enumerate(inputs):
         item = request.inputs.add()
@@ -227,3 +230,20 @@ def info_from_pb(message: pb.ModelInfo) -> ModelInfo:
         limits=Limits(**{f: v for f, v in limits.items() if v}),  # 0: an older server's unset
         **{f: getattr(message, f) for f in _INFO_FIELDS},
     )
+
+
+def field_violations(error: grpc.RpcError) -> list[tuple[str, str]]:
+    """(field, description) pairs of an INVALID_ARGUMENT error's BadRequest details."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    return field_violations_of(status) if status is not None else []
+
+
+def field_violations_of(status: status_pb2.Status) -> list[tuple[str, str]]:
+    """(field, description) pairs of a google.rpc.Status's BadRequest details."""
+    found: list[tuple[str, str]] = []
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad = error_details_pb2.BadRequest()
+            detail.Unpack(bad)
+            found.extend((v.field, v.description) for v in bad.field_violations)
+    return found
