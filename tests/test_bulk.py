@@ -6,6 +6,7 @@ import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -39,21 +40,27 @@ def test_rows_per_word_chunks_and_empty_lines(tmp_path: Path) -> None:
     assert not (tmp_path / "out.parquet.parts").exists()
 
 
-def test_resume_skips_parts_already_written(tmp_path: Path) -> None:
+def _interrupted(tmp_path: Path, **options: Any) -> tuple[FakeModel, Path, Path, Path]:
+    """A run of 10 lines in parts of 4, interrupted during its second part: the model, the
+    input, the output and the parts folder."""
     model = FakeModel()
     source = _lines(tmp_path / "in.txt", [f"text number {i}" for i in range(10)])
     out = tmp_path / "out.parquet"
-    parts = tmp_path / "out.parquet.parts"
     calls = []
 
     def failing_embed(inputs: Sequence[TextInput]) -> list[WordEmbeddings]:
         calls.append(len(inputs))
         if len(calls) == 2:
-            raise KeyboardInterrupt  # interrupted during the second part
+            raise KeyboardInterrupt
         return model.embed_calls(inputs)
 
     with pytest.raises(KeyboardInterrupt):
-        embed_file(source, out, failing_embed, DIM, chunk_lines=4, progress=None)
+        embed_file(source, out, failing_embed, DIM, chunk_lines=4, progress=None, **options)
+    return model, source, out, tmp_path / "out.parquet.parts"
+
+
+def test_resume_skips_parts_already_written(tmp_path: Path) -> None:
+    model, source, out, parts = _interrupted(tmp_path)
     # no half part (run.json records what made the parts)
     assert sorted(p.name for p in parts.iterdir()) == ["part-000000.parquet", "run.json"]
     done = model.texts_computed
@@ -96,20 +103,7 @@ def test_command_in_process_and_through_a_server_agree(model_dir: Path, tmp_path
 
 def test_resume_refuses_parts_of_another_run(tmp_path: Path) -> None:
     """A rerun with other options, another input or another model must not mix stale rows."""
-    model = FakeModel()
-    source = _lines(tmp_path / "in.txt", [f"text number {i}" for i in range(10)])
-    out = tmp_path / "out.parquet"
-    parts = tmp_path / "out.parquet.parts"
-    calls = []
-
-    def failing_embed(inputs: Sequence[TextInput]) -> list[WordEmbeddings]:
-        calls.append(len(inputs))
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return model.embed_calls(inputs)
-
-    with pytest.raises(KeyboardInterrupt):
-        embed_file(source, out, failing_embed, DIM, chunk_lines=4, progress=None, model="a")
+    model, source, out, parts = _interrupted(tmp_path, model="a")
     for lines, model_name, expected in (
         (5, "a", "chunk_lines 4 -> 5"),
         (4, "b", "model 'a' -> 'b'"),

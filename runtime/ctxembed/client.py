@@ -170,31 +170,8 @@ def _occurrence(res: WordEmbeddings, word: str, occurrence: int) -> np.ndarray:
 
 
 class _Connection:
-    """What both clients hold: the per-call timeout, the token's metadata and credentials."""
-
-    def __init__(
-        self,
-        timeout: float | None,
-        token: str | None,
-        credentials: grpc.ChannelCredentials | None,
-        tls_ca: PathLike | None,
-        tls_cert: PathLike | None,
-        tls_key: PathLike | None,
-    ) -> None:
-        self.timeout = timeout
-        self._metadata = bearer(token)
-        self._credentials = channel_credentials(credentials, tls_ca, tls_cert, tls_key)
-
-    def _per_call(self, timeout: float | None) -> float | None:
-        return timeout or self.timeout
-
-
-class Client(_Connection):
-    """Blocking client. TLS: ``tls_ca`` (the server's CA), and ``tls_cert``/``tls_key`` for
-    mutual TLS, or ``credentials`` built by hand; ``token`` is sent as a bearer token.
-
-    Result vectors are read-only views of the received bytes (no copy): ``.copy()`` one to
-    write to it. The engine's own results (``WordEmbedder.embed``) are writable."""
+    """What both clients share: the per-call timeout, the token's metadata, the credentials,
+    and the channel and stub (the subclass says how to open the channel)."""
 
     def __init__(
         self,
@@ -207,9 +184,30 @@ class Client(_Connection):
         tls_key: PathLike | None = None,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        super().__init__(timeout, token, credentials, tls_ca, tls_cert, tls_key)
-        self._channel = make_channel(target, self._credentials)
+        self.timeout = timeout
+        self._metadata = bearer(token)
+        self._credentials = channel_credentials(credentials, tls_ca, tls_cert, tls_key)
+        self._channel = self._open(target)
         self._stub = pb_grpc.WordEmbedderStub(self._channel)
+
+    def _open(self, target: str) -> Any:
+        raise NotImplementedError
+
+    def _per_call(self, timeout: float | None) -> float | None:
+        return timeout or self.timeout
+
+
+class Client(_Connection):
+    """Blocking client. TLS: ``tls_ca`` (the server's CA), and ``tls_cert``/``tls_key`` for
+    mutual TLS, or ``credentials`` built by hand; ``token`` is sent as a bearer token.
+
+    Result vectors are read-only views of the received bytes (no copy): ``.copy()`` one to
+    write to it. The engine's own results (``WordEmbedder.embed``) are writable."""
+
+    _channel: grpc.Channel
+
+    def _open(self, target: str) -> grpc.Channel:
+        return make_channel(target, self._credentials)
 
     def __enter__(self) -> Client:
         return self
@@ -282,25 +280,12 @@ class Client(_Connection):
 class AsyncClient(_Connection):
     """asyncio client (grpc.aio) for concurrent callers: ``Client``'s calls, awaited."""
 
-    def __init__(
-        self,
-        target: str = DEFAULT_TARGET,
-        *,
-        timeout: float | None = 30.0,
-        token: str | None = None,
-        tls_ca: PathLike | None = None,
-        tls_cert: PathLike | None = None,
-        tls_key: PathLike | None = None,
-        credentials: grpc.ChannelCredentials | None = None,
-    ) -> None:
-        super().__init__(timeout, token, credentials, tls_ca, tls_cert, tls_key)
+    _channel: grpc.aio.Channel
+
+    def _open(self, target: str) -> grpc.aio.Channel:
         if self._credentials is not None:
-            self._channel = grpc.aio.secure_channel(
-                target, self._credentials, options=CHANNEL_OPTIONS
-            )
-        else:
-            self._channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
-        self._stub = pb_grpc.WordEmbedderStub(self._channel)
+            return grpc.aio.secure_channel(target, self._credentials, options=CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
 
     async def __aenter__(self) -> AsyncClient:
         return self
