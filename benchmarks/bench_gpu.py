@@ -40,10 +40,11 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.bench_int8 import BANK, held_out
-from benchmarks.corpus import load_corpus
+from benchmarks.bench_int8 import BANK
 from benchmarks.engines import time_calls
 from benchmarks.stats import encoder_flops_per_token, percentiles, ratio
+from testkit.corpus import load_corpus
+from testkit.fidelity import held_out
 
 
 def _texts() -> list[str]:
@@ -51,8 +52,8 @@ def _texts() -> list[str]:
 
 
 def make_reference(source: Path, model_dir: Path, out: Path) -> None:
-    from benchmarks.bench_int8 import references
     from ctxembed.runtime import WordEmbedder
+    from testkit.fidelity import references
 
     emb = WordEmbedder.load(model_dir, "cpu", variant="fp32")
     texts = _texts()

@@ -23,10 +23,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from benchmarks import echo_server
 from benchmarks.engines import BANK, time_calls
-from benchmarks.harness import ProcessServer
 from benchmarks.stats import percentiles
 from ctxembed.client import Client
 from ctxembed.runtime import TextInput, WordEmbedder
+from testkit.servers import ProcessServer
 
 STATS = re.compile(r"stats (\{.*\})")
 

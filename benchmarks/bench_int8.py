@@ -29,25 +29,15 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from benchmarks.corpus import load_corpus
 from benchmarks.stats import percentiles
+from testkit.corpus import load_corpus
+from testkit.fidelity import GOAL, accuracy, held_out, references
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "benchmarks" / ".cache" / "int8"
 RESULTS = ROOT / "benchmarks" / "results"
 BANK = "I live near the bank of America"
 SCHEMES = ("dynamic", "calibrated", "smooth", "smooth-blockwise-ffn", "blockwise")
-GOAL = {"word_mean": 0.995, "word_min": 0.98, "speed_ratio": 0.85}
-
-
-def held_out(count: int = 150, start: int = 4000) -> list[str]:
-    """``count`` corpus lines from ``start``: two thirds ASCII, one third not, in corpus order."""
-    lines = load_corpus(start=start)
-    other = [t for t in lines if not t.isascii()][: count // 3]
-    plain = [t for t in lines if t.isascii()][: count - len(other)]
-    return plain + other
 
 
 def source_folder(model: str) -> Path:
@@ -55,7 +45,7 @@ def source_folder(model: str) -> Path:
         from ctxembed.export.source import embedded_model_dir
 
         return embedded_model_dir()
-    from benchmarks.fetch_mpnet import default_cache, fetch
+    from testkit.mpnet import default_cache, fetch
 
     return fetch(default_cache())
 
@@ -95,35 +85,6 @@ def scheme_folder(fp32: Path, scheme: str) -> Path:
     (tmp / "manifest.json").write_text(updated.to_json(), encoding="utf-8")
     tmp.rename(out)
     return out
-
-
-def references(source: Path, embedder: Any, texts: Sequence[str]) -> list[np.ndarray]:
-    """PyTorch fp32 word vectors: its last hidden state on ctxembed's own token ids, pooled
-    over each word's tokens (the tokenizer itself is tested against transformers elsewhere)."""
-    import torch
-    from transformers import AutoModel
-
-    model = AutoModel.from_pretrained(source).eval()
-    out = []
-    for text in texts:
-        prepared = embedder.prepare([text]).texts[0]
-        ids = torch.tensor(prepared.tokens.framed_ids[None, :], dtype=torch.long)
-        with torch.no_grad():
-            hidden = model(input_ids=ids, attention_mask=torch.ones_like(ids))
-        states = hidden.last_hidden_state[0].numpy()
-        p = prepared.tokens.num_prefix
-        out.append(np.stack([states[p + s : p + e].mean(0) for s, e in prepared.selection.tokens]))
-    return out
-
-
-def accuracy(embedder: Any, texts: Sequence[str], refs: Sequence[np.ndarray]) -> dict[str, float]:
-    cosines = []
-    for text, ref in zip(texts, refs, strict=True):
-        vectors = embedder.embed([text])[0].vectors
-        den = np.linalg.norm(vectors, axis=1) * np.linalg.norm(ref, axis=1)
-        cosines.append((vectors * ref).sum(1) / den)
-    c = np.concatenate(cosines)
-    return {"word_mean": float(c.mean()), "word_min": float(c.min()), "words": int(c.size)}
 
 
 def speed(embedder: Any, corpus: Sequence[str], reps: int) -> tuple[float, float]:

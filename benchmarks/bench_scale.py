@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import bench_grpc
-from benchmarks.corpus import load_corpus
-from benchmarks.harness import ProcessServer
+from testkit.corpus import load_corpus
+from testkit.servers import ProcessServer
 
 ONE_CORE = ["--threads", "1", "--parallel-runs", "1"]
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.corpus import load_corpus
 from benchmarks.stats import percentiles
+from testkit.corpus import load_corpus
 
 BANK = "I live near the bank of America"
 BATCH = 32

@@ -19,7 +19,7 @@ rm -rf "$build" "$work"/chunk*
 mkdir -p "$build/payload/minilm" "$build/payload/mpnet" "$build/payload/wheels"
 
 "$bin/ctxembed" export --target cuda --out "$build/minilm-cuda"
-mpnet_source=$("$bin/python" -m benchmarks.fetch_mpnet | tail -1)
+mpnet_source=$("$bin/python" -m testkit.mpnet | tail -1)
 "$bin/ctxembed" export --target cuda --model "$mpnet_source" --out "$build/mpnet-cuda"
 minilm_source=$("$bin/python" -c \
   "from ctxembed.export.source import embedded_model_dir; print(embedded_model_dir())")

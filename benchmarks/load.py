@@ -20,11 +20,11 @@ from typing import Any
 
 import grpc
 
-from benchmarks.corpus import load_corpus
 from benchmarks.stats import percentiles
 from ctxembed.client import CHANNEL_OPTIONS
 from ctxembed.v1 import embedder_pb2 as pb
 from ctxembed.v1 import embedder_pb2_grpc as pb_grpc
+from testkit.corpus import load_corpus
 
 
 async def run(

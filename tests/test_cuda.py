@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.corpus import load_corpus
 from ctxembed.runtime import WordEmbedder
 from ctxembed.runtime.settings import DEFAULT_GRAPH_LENGTHS
+from testkit.corpus import load_corpus
 
 pytestmark = pytest.mark.gpu
 

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.corpus import load_corpus
 from ctxembed.runtime import (
     CharSpan,
     EngineSettings,
@@ -21,6 +20,7 @@ from ctxembed.runtime import (
     WordEmbedder,
 )
 from ctxembed.runtime.manifest import load_manifest
+from testkit.corpus import load_corpus
 
 BANK = "I live near the bank of America"
 

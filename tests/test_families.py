@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 from families import FAMILIES, MAX_TOKENS, Family, build_family
 
-from benchmarks.harness import ThreadServer
 from ctxembed.client import Client
 from ctxembed.runtime import CharSpan, TextInput, WordEmbedder
 from ctxembed.runtime.segmentation import split_words
+from testkit.servers import ThreadServer
 
 pytestmark = pytest.mark.model
 

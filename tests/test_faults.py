@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 from fake_model import POISON, FakeModel, word_vector
 
-from benchmarks.harness import ThreadServer
 from ctxembed.client import CHANNEL_OPTIONS
 from ctxembed.runtime import TextInput
 from ctxembed.service.batcher import MicroBatcher
@@ -26,6 +25,7 @@ from ctxembed.service.status import Cancelled, DeadlineExpired, status_for
 from ctxembed.v1 import embedder_pb2 as pb
 from ctxembed.v1 import embedder_pb2_grpc as pb_grpc
 from ctxembed.v1.wire import DecodedRequest
+from testkit.servers import ThreadServer
 
 
 def _request(text: str) -> pb.EmbedRequest:

@@ -59,7 +59,7 @@ def test_int8_meets_the_goal_on_held_out_texts(
     """The int8 goal (word cosine vs PyTorch mean >= 0.995, worst >= 0.98) on held-out texts:
     150 corpus lines, a third non-ASCII, used neither for calibration nor for choosing the
     scheme (see benchmarks/bench_int8.py)."""
-    from benchmarks.bench_int8 import GOAL, held_out
+    from testkit.fidelity import GOAL, held_out
 
     assert embedder.session.variant.name == "int8"
     texts = held_out()

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.fuzz import fuzz
-from benchmarks.harness import ThreadServer
 from ctxembed.client import Client
 from ctxembed.runtime import WordEmbedder
+from testkit.fuzz import fuzz
+from testkit.servers import ThreadServer
 
 
 def test_fuzzed_requests_get_only_expected_codes(model_dir: Path) -> None:

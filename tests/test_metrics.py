@@ -13,10 +13,10 @@ import pytest
 from fake_model import FakeModel
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.harness import ProcessServer, ThreadServer
 from ctxembed.client import Client
 from ctxembed.runtime import InvalidInput, TextInput
 from ctxembed.service.logs import JsonFormatter
+from testkit.servers import ProcessServer, ThreadServer
 
 
 def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

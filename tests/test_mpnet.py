@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.harness import ProcessServer
 from ctxembed.client import Client
 from ctxembed.runtime import TextInput, WordEmbedder
+from testkit.servers import ProcessServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 
@@ -30,8 +30,8 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def mpnet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    from benchmarks.fetch_mpnet import default_cache, fetch
     from ctxembed.export import ExportOptions, export_model
+    from testkit.mpnet import default_cache, fetch
 
     source = fetch(default_cache())
     out = tmp_path_factory.mktemp("mpnet") / "all-mpnet-base-v2"
@@ -108,8 +108,8 @@ def test_serves_through_the_command(mpnet: tuple[Path, Path]) -> None:
 def test_int8_holds_on_held_out_texts(mpnet: tuple[Path, Path], tmp_path: Path) -> None:
     """`ctxembed export` (int8 by default) picks a scheme that meets the goal on held-out
     texts: word cosine vs PyTorch mean >= 0.995, worst >= 0.98 (benchmarks/bench_int8.py)."""
-    from benchmarks.bench_int8 import GOAL, accuracy, held_out, references
     from ctxembed.export.int8_schemes import AUTO_ORDER
+    from testkit.fidelity import GOAL, accuracy, held_out, references
 
     source, _ = mpnet
     out = tmp_path / "int8"

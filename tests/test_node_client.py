@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.harness import ThreadServer
 from ctxembed.runtime import WordEmbedder
+from testkit.servers import ThreadServer
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]

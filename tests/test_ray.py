@@ -9,9 +9,9 @@ from typing import Any
 import numpy as np
 import pytest
 
-from benchmarks.corpus import load_corpus
 from ctxembed.ray_data import WordEmbeddingActor
 from ctxembed.runtime import WordEmbedder
+from testkit.corpus import load_corpus
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.harness import ProcessServer
+from testkit.servers import ProcessServer
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 QUICK_START = README[README.index("## Quick start") : README.index("## The in-process API")]

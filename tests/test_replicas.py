@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from test_metrics import scrape
 
-from benchmarks.harness import ProcessServer
 from ctxembed.client import Client
+from testkit.servers import ProcessServer
 
 pytestmark = pytest.mark.model
 

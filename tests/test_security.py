@@ -16,8 +16,8 @@ from certs import Certs, make_certs
 from fake_model import FakeModel
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from benchmarks.harness import ThreadServer
 from ctxembed.client import Client
+from testkit.servers import ThreadServer
 
 TOKENS = ["first-secret-token", "second-secret-token"]
 
@@ -153,7 +153,7 @@ def test_health_command_exit_codes(authed: ThreadServer) -> None:
 
 def test_serve_reloads_tokens_on_sighup(model_dir: Path, token_file: Path) -> None:
     """The real command: SIGHUP re-reads the token file without dropping the server."""
-    from benchmarks.harness import ProcessServer
+    from testkit.servers import ProcessServer
 
     server = ProcessServer(model_dir, "--auth-token-file", str(token_file))
     try:

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer
 
-from benchmarks.corpus import load_corpus
 from ctxembed.runtime.segmentation import (
     WordSplitter,
     split_words,
     word_splitter,
     word_token_ranges,
 )
+from testkit.corpus import load_corpus
 
 
 def _words(text: str, splitter: WordSplitter | None = None) -> list[str]:

