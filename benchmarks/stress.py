@@ -42,6 +42,7 @@ from benchmarks.bench_grpc import start_server, stop
 from ctxembed.client import Client
 from ctxembed.v1 import embedder_pb2 as pb
 from ctxembed.v1 import embedder_pb2_grpc as pb_grpc
+from benchmarks.machine import machine_facts
 from testkit.clients import run_clients
 from testkit.corpus import load_corpus
 from testkit.fuzz import fuzz
@@ -330,6 +331,10 @@ def flood(model_dir: Path, seconds: float = 15.0) -> dict[str, Any]:
 def markdown(result: dict[str, Any]) -> str:
     s = result["scenarios"]
     lines = [f"# Reliability suite ({result['started']}, {result['model_dir']})", ""]
+    if "machine" in result:
+        m = result["machine"]
+        flags = ", ".join(m.get("cpu_flags", []))
+        lines += [f"Machine: {m.get('cpu', '?')}, {m.get('logical_cpus', '?')} CPUs ({flags})", ""]
     if "sigterm" in s:
         r = s["sigterm"]
         lines.append(
@@ -406,6 +411,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     result: dict[str, Any] = {
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": machine_facts(),
         "model_dir": str(args.model_dir),
         "scenarios": {},
     }
