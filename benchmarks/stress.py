@@ -39,10 +39,10 @@ import grpc
 import numpy as np
 
 from benchmarks.bench_grpc import start_server, stop
+from benchmarks.machine import machine_facts
 from ctxembed.client import Client
 from ctxembed.v1 import embedder_pb2 as pb
 from ctxembed.v1 import embedder_pb2_grpc as pb_grpc
-from benchmarks.machine import machine_facts
 from testkit.clients import run_clients
 from testkit.corpus import load_corpus
 from testkit.fuzz import fuzz
