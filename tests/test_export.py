@@ -73,6 +73,8 @@ def test_local_folder_export_and_force(
     manifest = load_manifest(out)
     assert manifest.hidden_size == 64 and manifest.num_layers == 2
     assert manifest.max_tokens == 128
+    selection = (manifest.variant("int8").quantization or {})["selection"]
+    assert selection == {"set": "built-in probe texts (validate.PROBE_TEXTS)", "texts": 36}
     first = manifest.created
 
     assert main(["export", "--model", str(tiny_source), "--out", str(out)]) == 1
@@ -96,6 +98,24 @@ def test_local_folder_export_and_force(
     )
     assert [v.name for v in load_manifest(out).variants] == ["fp32"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny"]
+
+
+def test_selection_texts_choose_and_validate(tiny_source: Path, tmp_path: Path) -> None:
+    """--selection-texts: every variant is validated (and the int8 scheme chosen) on that set,
+    and the manifest names it."""
+    texts = tmp_path / "selection.txt"
+    texts.write_text("The river bank flooded.\n\nI paid at the bank.\nDrei Wörter hier.\n")
+    out = tmp_path / "tiny"
+    assert main(["export", "--model", str(tiny_source), "--out", str(out),
+                 "--selection-texts", str(texts)]) == 0  # fmt: skip
+    int8 = load_manifest(out).variant("int8")
+    assert (int8.quantization or {})["selection"]["texts"] == 3
+    assert (int8.quantization or {})["selection"]["set"].startswith("selection.txt (sha256 ")
+    assert int8.validation["texts"] == 3
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n")
+    args = ["export", "--model", str(tiny_source), "--out", str(tmp_path / "x")]
+    assert main([*args, "--selection-texts", str(empty)]) == 1
 
 
 def test_int8_activation_ranges_calibrated_or_dynamic(tiny_source: Path, tmp_path: Path) -> None:

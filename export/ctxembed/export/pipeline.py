@@ -38,6 +38,7 @@ from ctxembed.export.validate import (
     build_references,
     compare_variant,
     load_session,
+    selection_set,
 )
 from ctxembed.runtime.manifest import MANIFEST_NAME, Manifest, Variant
 from ctxembed.runtime.segmentation import DEFAULT_SEGMENTATION
@@ -81,6 +82,9 @@ class ExportOptions:
     revision: str | None = None
     thresholds: dict[str, Thresholds] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     models_root: Path = Path("models")
+    # Texts that validate every variant and choose the int8 scheme (one per line); None: the
+    # 36 built-in probe texts. Releases and benchmarks pass benchmarks/data/int8-selection.txt.
+    selection_texts: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -224,9 +228,11 @@ def _build(
     graph_inputs, layer_outputs = _graph_io(fused.path, all_layers, source)
     refs: list[Reference] = []  # PyTorch's outputs on the selection texts, computed once
 
+    selection, selection_name = selection_set(opts.selection_texts)
+
     def references() -> list[Reference]:
         if not refs:
-            refs.extend(build_references(source.location, max_tokens, graph_inputs))
+            refs.extend(build_references(source.location, max_tokens, graph_inputs, selection))
         return refs
 
     if opts.target == "cpu" and opts.quantize == "int8":
@@ -236,6 +242,7 @@ def _build(
             int8 = tmp / "model_int8.onnx"
             feeds = calibration_feeds(tmp / tokenizer.file, graph_inputs, max_tokens)
             quant = _int8_by_scheme(opts, fused.path, int8, preset, feeds, references)
+            quant["selection"] = {"set": selection_name, "texts": len(selection)}
             variants.append(
                 _variant("int8", int8.name, "int8", "cpu", tmp, {"fusions": fused.fusions}, quant)
             )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ctxembed.export.errors import ExportError
 
 # The selection set: what every variant is validated on, and what `--int8-scheme auto` chooses
 # by. Distinct from the calibration texts (calibration_texts.py) and from the corpus lines the
@@ -53,6 +56,21 @@ PROBE_TEXTS: tuple[str, ...] = (
     "A short sentence. Another one. And a third, with a comma, and a semicolon; done.",
     " ".join(["Word embeddings depend on their sentence, and long documents need windows."] * 60),
 )
+
+
+def selection_set(path: Path | None) -> tuple[tuple[str, ...], str]:
+    """The texts every variant is validated on and the int8 scheme is chosen by, and how the
+    manifest names them: the built-in probe texts, or a file's non-empty lines."""
+    if path is None:
+        return PROBE_TEXTS, "built-in probe texts (validate.PROBE_TEXTS)"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ExportError(f"--selection-texts {path}: cannot read it: {exc}") from None
+    texts = tuple(t for t in data.decode("utf-8").splitlines() if t.strip())
+    if not texts:
+        raise ExportError(f"--selection-texts {path} holds no text (one per line)")
+    return texts, f"{path.name} (sha256 {hashlib.sha256(data).hexdigest()[:12]})"
 
 
 @dataclass(frozen=True)

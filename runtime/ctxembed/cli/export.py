@@ -74,6 +74,13 @@ def add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     p.add_argument(
+        "--selection-texts",
+        type=Path,
+        default=None,
+        help="texts (one per line) that validate every variant and choose the int8 scheme"
+        " (default: 36 built-in probe texts; releases use benchmarks/data/int8-selection.txt)",
+    )
+    p.add_argument(
         "--fp32-min-cosine",
         type=float,
         default=t["fp32"].word_min,
@@ -139,6 +146,7 @@ def run_export(args: argparse.Namespace) -> int:
         int8_scheme=args.int8_activations or args.int8_scheme,
         revision=args.revision,
         thresholds=thresholds,
+        selection_texts=args.selection_texts,
     )
     result = export_model(opts)
     print(summary(result.out, result.manifest, result.seconds))
