@@ -7,6 +7,10 @@ BENCH_VENV ?= .venv-bench
 BENCH_BIN := $(BENCH_VENV)/bin
 BENCH_STAMP := $(BENCH_VENV)/.ctxembed-bench-installed
 MODEL_DIR ?= models/all-MiniLM-L6-v2
+# The export's default choice of int8 scheme is made on 400 held-apart texts (tests use the 36
+# built-in ones): see benchmarks/data/sample_texts.py.
+SELECTION ?= benchmarks/data/int8-selection.txt
+EXPORT_ARGS ?= --selection-texts $(SELECTION)
 HOST ?= 127.0.0.1
 PORT ?= 50051
 
@@ -43,10 +47,10 @@ test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow || [ $$? -eq 5 ]  # 5: none collected yet
 
 $(MODEL_DIR)/manifest.json: | $(STAMP)
-	$(BIN)/ctxembed export --out $(MODEL_DIR)
+	$(BIN)/ctxembed export --out $(MODEL_DIR) $(EXPORT_ARGS)
 
 export: $(STAMP)
-	$(BIN)/ctxembed export --out $(MODEL_DIR) --force
+	$(BIN)/ctxembed export --out $(MODEL_DIR) --force $(EXPORT_ARGS)
 
 serve: $(STAMP) $(MODEL_DIR)/manifest.json
 	$(BIN)/ctxembed serve --model-dir $(MODEL_DIR) --host $(HOST) --port $(PORT)
@@ -61,16 +65,16 @@ $(BENCH_STAMP): pyproject.toml constraints-bench.txt
 	touch $(BENCH_STAMP)
 
 bench: $(BENCH_STAMP)
-	test -f $(MODEL_DIR)/manifest.json || $(BENCH_BIN)/ctxembed export --out $(MODEL_DIR)
+	test -f $(MODEL_DIR)/manifest.json || $(BENCH_BIN)/ctxembed export --out $(MODEL_DIR) $(EXPORT_ARGS)
 	$(BENCH_BIN)/python -m benchmarks.run --quick --model-dir $(MODEL_DIR)
 
 bench-full: $(BENCH_STAMP)
-	test -f $(MODEL_DIR)/manifest.json || $(BENCH_BIN)/ctxembed export --out $(MODEL_DIR)
+	test -f $(MODEL_DIR)/manifest.json || $(BENCH_BIN)/ctxembed export --out $(MODEL_DIR) $(EXPORT_ARGS)
 	$(BENCH_BIN)/python -m benchmarks.run --model-dir $(MODEL_DIR)
 
 # Scale-out: replicas behind one client (1 vs 3), bulk words/s in process, embed_file and Ray.
 bench-scale: $(BENCH_STAMP)
-	test -f $(MODEL_DIR)/manifest.json || $(BENCH_BIN)/ctxembed export --out $(MODEL_DIR)
+	test -f $(MODEL_DIR)/manifest.json || $(BENCH_BIN)/ctxembed export --out $(MODEL_DIR) $(EXPORT_ARGS)
 	$(BENCH_BIN)/python -m benchmarks.bench_scale --model-dir $(MODEL_DIR)
 
 # int8 schemes on both real models: accuracy on held-out texts and speed against dynamic int8.

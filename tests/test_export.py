@@ -51,6 +51,10 @@ def test_manifest_describes_the_folder(model_dir: Path) -> None:
     tok = json.loads((model_dir / "tokenizer.json").read_text())
     assert tok["padding"] is None and tok["truncation"] is None
     assert not list(model_dir.parent.glob(".*tmp*")), "temporary folder left behind"
+    # the word-embedding table is 8-bit blocks per row: the int8 file is a quarter of fp32's
+    table = int8.quantization["word_embeddings"]
+    assert table["op"] == "GatherBlockQuantized" and table["fused"] and table["rows"] == 30522
+    assert int8.size_bytes <= 25 * 2**20 < manifest.variant("fp32").size_bytes / 3
 
 
 def test_validation_figures_meet_thresholds(model_dir: Path) -> None:

@@ -31,6 +31,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from ctxembed.export.calibrate import freeze_activation_ranges
+from ctxembed.export.embedding_table import quantize_word_embeddings
 from ctxembed.export.optimize import quantize_int8
 from ctxembed.export.smooth import smooth_graph
 
@@ -113,6 +114,7 @@ def build_int8(
         source = out
     facts = quantize_int8(source, out, preset, per_channel) | smoothing
     facts["scheme"] = scheme
+    facts |= quantize_word_embeddings(out) or {}
     if nodes:
         facts |= {
             "blockwise_nodes": nodes,
