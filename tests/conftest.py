@@ -26,11 +26,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """all-MiniLM-L6-v2 exported with every layer: fp32 and int8 variants."""
+    """all-MiniLM-L6-v2 exported with every layer: fp32 and int8 variants (int8 embedding table,
+    as `make export` makes it)."""
     from ctxembed.export import ExportOptions, export_model
 
     out = tmp_path_factory.mktemp("models") / "all-MiniLM-L6-v2"
-    export_model(ExportOptions(out=out, layers="all"))
+    export_model(ExportOptions(out=out, layers="all", int8_embeddings=True))
     return out
 
 

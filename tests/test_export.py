@@ -51,7 +51,7 @@ def test_manifest_describes_the_folder(model_dir: Path) -> None:
     tok = json.loads((model_dir / "tokenizer.json").read_text())
     assert tok["padding"] is None and tok["truncation"] is None
     assert not list(model_dir.parent.glob(".*tmp*")), "temporary folder left behind"
-    # the word-embedding table is 8-bit blocks per row: the int8 file is a quarter of fp32's
+    # --int8-embeddings: the table is 8-bit blocks per row, the int8 file a quarter of fp32's
     table = int8.quantization["word_embeddings"]
     assert table["op"] == "GatherBlockQuantized" and table["fused"] and table["rows"] == 30522
     assert int8.size_bytes <= 25 * 2**20 < manifest.variant("fp32").size_bytes / 3
@@ -77,8 +77,12 @@ def test_local_folder_export_and_force(
     manifest = load_manifest(out)
     assert manifest.hidden_size == 64 and manifest.num_layers == 2
     assert manifest.max_tokens == 128
-    selection = (manifest.variant("int8").quantization or {})["selection"]
-    assert selection == {"set": "built-in probe texts (validate.PROBE_TEXTS)", "texts": 36}
+    quantization = manifest.variant("int8").quantization or {}
+    assert quantization["selection"] == {
+        "set": "built-in probe texts (validate.PROBE_TEXTS)",
+        "texts": 36,
+    }
+    assert "word_embeddings" not in quantization  # the table stays fp32 unless asked
     first = manifest.created
 
     assert main(["export", "--model", str(tiny_source), "--out", str(out)]) == 1

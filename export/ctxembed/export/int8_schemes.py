@@ -95,8 +95,10 @@ def build_int8(
     preset: str,
     per_channel: bool,
     feeds: Sequence[dict[str, np.ndarray]],
+    int8_embeddings: bool = False,
 ) -> dict[str, Any]:
-    """Write ``out``, the int8 graph of ``scheme`` (not ``auto``); returns the manifest facts."""
+    """Write ``out``, the int8 graph of ``scheme`` (not ``auto``); returns the manifest facts.
+    ``int8_embeddings``: the word-embedding table in 8-bit row blocks too."""
     import onnx
 
     if scheme == "auto":
@@ -114,7 +116,8 @@ def build_int8(
         source = out
     facts = quantize_int8(source, out, preset, per_channel) | smoothing
     facts["scheme"] = scheme
-    facts |= quantize_word_embeddings(out) or {}
+    if int8_embeddings:
+        facts |= quantize_word_embeddings(out) or {}
     if nodes:
         facts |= {
             "blockwise_nodes": nodes,

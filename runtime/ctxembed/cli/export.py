@@ -74,6 +74,12 @@ def add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     p.add_argument(
+        "--int8-embeddings",
+        action="store_true",
+        help="also quantize the word-embedding table (8-bit row blocks): a third of the file"
+        " for small models; validate the result on a large --selection-texts set",
+    )
+    p.add_argument(
         "--selection-texts",
         type=Path,
         default=None,
@@ -147,6 +153,7 @@ def run_export(args: argparse.Namespace) -> int:
         revision=args.revision,
         thresholds=thresholds,
         selection_texts=args.selection_texts,
+        int8_embeddings=args.int8_embeddings,
     )
     result = export_model(opts)
     print(summary(result.out, result.manifest, result.seconds))
