@@ -101,3 +101,19 @@ def test_bert_words_stay_the_tokenizers_own() -> None:
         assert [tuple(s) for s in tokenized.word_chars.tolist()] == _bert_own_words(
             tok._tok, text
         ), text
+
+
+def test_short_and_long_paths_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Short texts take a plain-Python pass, long ones numpy: the same words and tokens."""
+    from ctxembed.export.source import embedded_model_dir
+    from ctxembed.runtime import tokenization
+    from ctxembed.runtime.tokenization import TextTokenizer
+
+    tok = TextTokenizer.from_file(embedded_model_dir() / "tokenizer.json")
+    texts = [*load_corpus(500), "a\x00b \x00 c\ufffd, 東京 [SEP]x 🙂 cafe\u0301."]
+    short = tok.tokenize_texts(texts)
+    monkeypatch.setattr(tokenization, "SMALL_TEXT_TOKENS", -1)
+    long = tok.tokenize_texts(texts)
+    for a, b in zip(short, long, strict=True):
+        assert a.word_tokens.tolist() == b.word_tokens.tolist(), a.text
+        assert a.word_chars.tolist() == b.word_chars.tolist(), a.text
