@@ -93,10 +93,16 @@ IMAGE ?= ctxembed:latest
 BASE_IMAGE ?= ctxembed-base:bookworm
 ROOTFS ?= .cache/rootfs-bookworm
 
-image: $(STAMP) $(MODEL_DIR)/manifest.json
+# The image ships the int8 variant only (what a CPU deployment serves).
+IMAGE_MODEL_DIR ?= $(MODEL_DIR)-int8
+
+$(IMAGE_MODEL_DIR)/manifest.json: | $(STAMP)
+	$(BIN)/ctxembed export --out $(IMAGE_MODEL_DIR) --force $(EXPORT_ARGS) --variants int8
+
+image: $(STAMP) $(IMAGE_MODEL_DIR)/manifest.json
 	docker image inspect $(BASE_IMAGE) >/dev/null 2>&1 || $(MAKE) base-image
 	rm -rf dist && $(BIN)/python -m pip wheel -q --no-deps . -w dist
-	docker build -f deploy/Dockerfile --build-arg MODEL_DIR=$(MODEL_DIR) -t $(IMAGE) .
+	docker build -f deploy/Dockerfile --build-arg MODEL_DIR=$(IMAGE_MODEL_DIR) -t $(IMAGE) .
 
 base-image:
 	rm -rf $(ROOTFS) && mkdir -p $(ROOTFS)

@@ -347,3 +347,17 @@ def test_smoothing_keeps_the_fp32_function(model_dir: Path, tmp_path: Path) -> N
         a = plain.run(["last_hidden_state"], feed)[0]
         b = smooth.run(["last_hidden_state"], feed)[0]
         np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-3)
+
+
+def test_variants_keeps_only_what_a_deployment_serves(tiny_source: Path, tmp_path: Path) -> None:
+    out = tmp_path / "int8-only"
+    args = ["export", "--model", str(tiny_source), "--out", str(out)]
+    assert main([*args, "--variants", "int8"]) == 0
+    manifest = load_manifest(out)
+    assert [v.name for v in manifest.variants] == ["int8"]
+    assert not (out / "model.onnx").exists() and (out / "model_int8.onnx").is_file()
+    assert manifest.variant("int8").validation["passed"]  # validated like any variant
+    with WordEmbedder.load(out, provider="cpu") as emb:
+        assert emb.embed(["river bank"])[0].vectors.shape == (2, 64)
+    other = ["export", "--model", str(tiny_source), "--out", str(tmp_path / "x")]
+    assert main([*other, "--variants", "fp16"]) == 1  # a CPU export builds no fp16

@@ -88,6 +88,9 @@ class ExportOptions:
     # The word-embedding table in 8-bit row blocks (embedding_table.py): a third of the file
     # for small models. Off by default: on MPNet it tipped one word of 4,350 texts to 0.70.
     int8_embeddings: bool = False
+    # The variants the folder keeps (all are built and validated; the rest are not written):
+    # a deployment that serves int8 only ships int8. (): every variant.
+    variants: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,20 @@ def _check_options(opts: ExportOptions) -> None:
     ):
         if value not in choices:
             raise ExportError(f"{flag} must be one of {', '.join(choices)}, not {value!r}")
+    built = _variant_names(opts)
+    unknown = [v for v in opts.variants if v not in built]
+    if unknown:
+        raise ExportError(
+            f"--variants {','.join(unknown)}: this export builds only {', '.join(built)}"
+            f" (--target {opts.target}, --quantize {opts.quantize})"
+        )
+
+
+def _variant_names(opts: ExportOptions) -> list[str]:
+    """The variants an export with these options builds."""
+    if opts.target == "cuda":
+        return ["fp32", "fp16"]
+    return ["fp32", "int8"] if opts.quantize == "int8" else ["fp32"]
 
 
 def _failure_table(results: dict[str, dict[str, Any]]) -> str:
@@ -257,6 +274,11 @@ def _build(
         steps.done += 1
     with steps.step(f"Validating {len(variants)} variant(s) against PyTorch"):
         variants = _validate(opts, variants, tmp, references())
+    if opts.variants:  # built and validated, but not shipped
+        for v in variants:
+            if v.name not in opts.variants:
+                (tmp / v.file).unlink()
+        variants = [v for v in variants if v.name in opts.variants]
     shutil.rmtree(work, ignore_errors=True)
     manifest = Manifest(
         name=name,

@@ -74,6 +74,13 @@ def add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit)")
     p.add_argument(
+        "--variants",
+        type=lambda text: tuple(v.strip() for v in text.split(",") if v.strip()),
+        default=(),
+        help="comma-separated variants the folder keeps, e.g. int8 for a CPU deployment"
+        " (default: every variant built; all are validated either way)",
+    )
+    p.add_argument(
         "--int8-embeddings",
         action="store_true",
         help="also quantize the word-embedding table (8-bit row blocks): a third of the file"
@@ -154,6 +161,7 @@ def run_export(args: argparse.Namespace) -> int:
         thresholds=thresholds,
         selection_texts=args.selection_texts,
         int8_embeddings=args.int8_embeddings,
+        variants=args.variants,
     )
     result = export_model(opts)
     print(summary(result.out, result.manifest, result.seconds))
