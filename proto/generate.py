@@ -3,8 +3,8 @@
     python proto/generate.py [OUT]      (default: runtime; `make proto`)
 
 Every .proto that ctxembed.v1 imports ships under proto/ (google/rpc/status.proto, the in-band
-error of stream responses, copied from googleapis), so clients in any language compile the
-contract from this folder alone; google/protobuf/*.proto come with every protoc.
+error of stream responses, copied from googleapis, and the google/protobuf/any.proto it
+imports), so clients in any language compile the contract from this folder alone.
 """
 
 from __future__ import annotations
