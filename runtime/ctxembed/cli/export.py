@@ -93,30 +93,13 @@ def add_export(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help="texts (one per line) that validate every variant and choose the int8 scheme"
         " (default: 36 built-in probe texts; releases use benchmarks/data/int8-selection.txt)",
     )
-    p.add_argument(
-        "--fp32-min-cosine",
-        type=float,
-        default=t["fp32"].word_min,
-        help="fp32: minimum per-token and per-word cosine vs PyTorch (default %(default)s)",
-    )
-    p.add_argument(
-        "--int8-word-mean",
-        type=float,
-        default=t["int8"].word_mean,
-        help="int8: minimum mean per-word cosine (default %(default)s)",
-    )
-    p.add_argument(
-        "--int8-word-min",
-        type=float,
-        default=t["int8"].word_min,
-        help="int8: minimum per-word cosine (default %(default)s)",
-    )
-    p.add_argument(
-        "--fp16-word-min",
-        type=float,
-        default=t["fp16"].word_min,
-        help="fp16: minimum per-word cosine (default %(default)s)",
-    )
+    for flag, default, what in (
+        ("--fp32-min-cosine", t["fp32"].word_min, "fp32: minimum per-token and per-word cosine"),
+        ("--int8-word-mean", t["int8"].word_mean, "int8: minimum mean per-word cosine"),
+        ("--int8-word-min", t["int8"].word_min, "int8: minimum per-word cosine"),
+        ("--fp16-word-min", t["fp16"].word_min, "fp16: minimum per-word cosine"),
+    ):  # the validation thresholds against PyTorch
+        p.add_argument(flag, type=float, default=default, help=f"{what} (default %(default)s)")
 
 
 def _importable(module: str) -> bool:
