@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "benchmarks" / ".cache" / "int8"
 RESULTS = ROOT / "benchmarks" / "results"
 BANK = "I live near the bank of America"
-SCHEMES = ("dynamic", "calibrated", "smooth", "smooth-blockwise-ffn", "blockwise")
+SCHEMES = ("dynamic", "calibrated", "smooth", "smooth-blockwise-ffn", "outlier", "blockwise")
 
 
 def source_folder(model: str) -> Path:

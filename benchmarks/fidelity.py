@@ -117,6 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     stem = f"fidelity-{emb.name}-{args.variant}"
+    if "auto" not in quantization and args.variant == "int8":  # a scheme chosen by hand
+        stem += f"-{result['scheme']}"
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
     md = markdown(result)
     (RESULTS / f"{stem}.md").write_text(md)

@@ -11,7 +11,7 @@ it gets alone: the server may batch int8 rows.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,18 +57,28 @@ def calibration_feeds(
 
 
 def measure_ranges(
-    model: Any, feeds: Sequence[dict[str, np.ndarray]], percentile: float
+    model: Any,
+    feeds: Sequence[dict[str, np.ndarray]],
+    percentile: float,
+    known: Mapping[str, ActivationRange],
 ) -> dict[str, ActivationRange]:
-    """Range of every DynamicQuantizeLinear input over the feeds (each run alone)."""
+    """Range of every DynamicQuantizeLinear input over the feeds (each run alone), except the
+    ``known`` ones."""
     import onnx
     import onnxruntime as ort
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
-    names = [n.input[0] for n in probe.graph.node if n.op_type == "DynamicQuantizeLinear"]
-    known = {o.name for o in probe.graph.output}
+    names = [
+        n.input[0]
+        for n in probe.graph.node
+        if n.op_type == "DynamicQuantizeLinear" and n.input[0] not in known
+    ]
+    if not names:
+        return dict(known)
+    outputs = {o.name for o in probe.graph.output}
     for name in names:
-        if name not in known:
+        if name not in outputs:
             probe.graph.output.append(
                 onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
             )
@@ -80,7 +90,8 @@ def measure_ranges(
             lows[i, j], highs[i, j] = value.min(), value.max()
     low = np.percentile(lows, 100.0 - percentile, axis=0)
     high = np.percentile(highs, percentile, axis=0)
-    return {name: ActivationRange(float(lo), float(hi)) for name, lo, hi in zip(names, low, high)}
+    measured = {n: ActivationRange(float(lo), float(hi)) for n, lo, hi in zip(names, low, high)}
+    return measured | dict(known)
 
 
 def freeze_activation_ranges(
@@ -88,15 +99,17 @@ def freeze_activation_ranges(
     out: Path,
     feeds: Sequence[dict[str, np.ndarray]],
     percentile: float = DEFAULT_PERCENTILE,
+    known: Mapping[str, ActivationRange] | None = None,
 ) -> dict[str, Any]:
-    """Rewrite a dynamic int8 graph with fixed activation ranges; returns manifest facts."""
+    """Rewrite a dynamic int8 graph with fixed activation ranges (``known`` ones as given);
+    returns manifest facts."""
     import onnx
     from onnx import helper, numpy_helper
 
     if not feeds:
         raise ExportError("int8 calibration needs at least one text")
     model = onnx.load(str(model_path))
-    ranges = measure_ranges(model, feeds, percentile)
+    ranges = measure_ranges(model, feeds, percentile, known or {})
     if not ranges:
         raise ExportError(f"{model_path} has no DynamicQuantizeLinear node to calibrate")
     nodes = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -123,8 +124,11 @@ def detect_cpu_preset() -> str:
     return "avx2"
 
 
-def quantize_int8(fused: Path, out: Path, preset: str, per_channel: bool) -> dict[str, Any]:
-    """Dynamic int8 quantization with optimum's preset; returns what the manifest records."""
+def quantize_int8(
+    fused: Path, out: Path, preset: str, per_channel: bool, keep_fp32: Sequence[str] = ()
+) -> dict[str, Any]:
+    """Dynamic int8 quantization with optimum's preset, except the ``keep_fp32`` nodes; returns
+    what the manifest records."""
     import onnx
     from onnxruntime.quantization import quantize_dynamic
     from optimum.onnxruntime.configuration import AutoQuantizationConfig
@@ -137,6 +141,7 @@ def quantize_int8(fused: Path, out: Path, preset: str, per_channel: bool) -> dic
         per_channel=cfg.per_channel,
         reduce_range=cfg.reduce_range,
         weight_type=cfg.weights_dtype,
+        nodes_to_exclude=list(keep_fp32),
         # Shape inference fails on fused contrib ops (QAttention) without a default type.
         extra_options={
             "DefaultTensorType": onnx.TensorProto.FLOAT,
