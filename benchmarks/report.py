@@ -39,7 +39,8 @@ def markdown(result: dict[str, Any]) -> str:
         f" Python {m['python']}; " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
         "",
         f"Matrix-multiply rate through onnxruntime: fp32 {_f(peak['fp32_gflops'], 0)}"
-        f" GFLOP/s, int8 {_f(peak['int8_gflops'], 0)} GFLOP/s."
+        f" GFLOP/s, int8 {_f(peak['int8_gflops'], 0)} GFLOP/s; memory (one core, numpy copy)"
+        f" {_f(peak.get('memory_gbps', float('nan')), 1)} GB/s."
         f" Import torch + transformers: {_f(result['import_torch_transformers_s'])} s."
         f" Installed size: runtime-only {_f(sizes['runtime_only'], 0)} MB,"
         f" usual recipe (torch + transformers) {_f(sizes['usual_recipe'], 0)} MB.",
@@ -137,6 +138,16 @@ def markdown(result: dict[str, Any]) -> str:
                 f" {_f(r['mean_tokens_per_text'], 1)} tokens/text; ctxembed {variant} reaches"
                 f" {_f(100 * r['fraction_of_int8_peak'], 1)}% of the int8 matmul rate"
                 f" ({_f(100 * r['fraction_of_fp32_peak'], 1)}% of fp32's)"
+            )
+        if "int8_floor_texts_per_s" in r:
+            lines.append(
+                f"- int8 floor, corpus in calls of 32: {_f(r['int8_floor_texts_per_s'], 0)}"
+                f" texts/s (compute at the int8 matmul rate"
+                f" {_f(r['int8_compute_floor_texts_per_s'], 0)}; the int8 file's"
+                f" {r['int8_weight_bytes'] / 2**20:.0f} MiB read from memory once per call"
+                f" {_f(r['int8_bandwidth_floor_texts_per_s'], 0)}); ctxembed fp32 reaches"
+                f" **{_f(100 * r['fp32_share_of_int8_floor'], 1)}%** of it, int8"
+                f" **{_f(100 * r['int8_share_of_int8_floor'], 1)}%**"
             )
         split = g["stage_ms_per_request"]
         lines.append(

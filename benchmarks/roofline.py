@@ -1,4 +1,5 @@
-"""The machine's matrix-multiply rate, measured through onnxruntime itself (fp32 and int8).
+"""The machine's matrix-multiply rate, measured through onnxruntime itself (fp32 and int8), and
+its memory bandwidth: the two bounds of the int8 floor ``make bench`` prints.
 
 A single MatMul of transformer-like shape (tokens × hidden × 4·hidden) in a one-node graph; the
 int8 figure quantizes that graph the way the export does (dynamic, MatMulInteger).
@@ -68,5 +69,16 @@ def matmul_gflops(
     return rates
 
 
+def memory_gbps(megabytes: int = 256, copies: int = 5) -> float:
+    """Memory bandwidth one core sees: a large array copied (read and written) several times."""
+    src = np.ones(megabytes * 2**20 // 4, dtype=np.float32)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)  # pages touched before timing
+    start = time.perf_counter()
+    for _ in range(copies):
+        np.copyto(dst, src)
+    return 2 * src.nbytes * copies / (time.perf_counter() - start) / 1e9
+
+
 if __name__ == "__main__":
-    print(matmul_gflops())
+    print(matmul_gflops(), memory_gbps())

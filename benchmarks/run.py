@@ -167,7 +167,13 @@ def headline(engines: dict[str, Any], grpc: dict[str, Any]) -> dict[str, float]:
     }
 
 
-def roofline(model: Model, engine: dict[str, Any], peak: dict[str, float]) -> dict[str, float]:
+def roofline(
+    model: Model, engines: dict[str, Any], engine: dict[str, Any], peak: dict[str, float]
+) -> dict[str, float]:
+    """The int8 floor of corpus throughput (calls of 32): compute at the measured int8 matmul
+    rate, and the int8 weights read from memory once per call; each variant as a share of it."""
+    from ctxembed.runtime.manifest import load_manifest
+
     config = json.loads((model.model_dir / "config.json").read_text())
     tokens_per_text = engine["corpus"]["tokens"] / engine["corpus"]["texts"]
     flops = encoder_flops_per_token(
@@ -177,7 +183,22 @@ def roofline(model: Model, engine: dict[str, Any], peak: dict[str, float]) -> di
         round(tokens_per_text),
     )
     tokens_per_s = engine["corpus"]["embed_texts_per_s"] * tokens_per_text
-    return {
+    weight_bytes = load_manifest(model.model_dir).variant("int8").size_bytes  # an upper estimate
+    compute_floor = peak["int8_gflops"] * 1e9 / (flops * tokens_per_text)
+    bandwidth_floor = 32 * peak["memory_gbps"] * 1e9 / weight_bytes
+    floor = min(compute_floor, bandwidth_floor)
+    shares = {
+        f"{variant}_share_of_int8_floor": ratio(
+            engines.get(f"ctxembed-{variant}", {}).get("texts_per_s", {}).get("median", 0.0),
+            floor,
+        )
+        for variant in ("fp32", "int8")
+    }
+    return shares | {
+        "int8_floor_texts_per_s": floor,
+        "int8_compute_floor_texts_per_s": compute_floor,
+        "int8_bandwidth_floor_texts_per_s": bandwidth_floor,
+        "int8_weight_bytes": weight_bytes,
         "flops_per_token": flops,
         "mean_tokens_per_text": tokens_per_text,
         "int8_tokens_per_s": tokens_per_s,
@@ -194,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     mode = QUICK if args.quick else FULL
     started = time.time()
-    from benchmarks.roofline import matmul_gflops
+    from benchmarks.roofline import matmul_gflops, memory_gbps
     from ctxembed.export.source import embedded_model_dir
 
     print(f"ctxembed benchmarks ({mode.name}); machine facts, matmul peak ...", flush=True)
@@ -202,7 +223,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "mode": mode.name,
         "machine": machine_facts(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-        "matmul_peak": matmul_gflops(),
+        "matmul_peak": matmul_gflops() | {"memory_gbps": memory_gbps()},
         "models": {},
     }
     models = [Model("all-MiniLM-L6-v2", args.model_dir, embedded_model_dir(), True)]
@@ -269,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "engine": engine,
             "grpc": grpc,
             "headline": headline(engines, grpc),
-            "roofline": roofline(model, engine, result["matmul_peak"])
+            "roofline": roofline(model, engines, engine, result["matmul_peak"])
             if "error" not in engine
             else {},
         }

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from benchmarks.report import markdown, plots
-from benchmarks.run import headline
+from benchmarks.run import Model, headline, roofline
 from benchmarks.stats import (
     encoder_flops_per_token,
     median_spread,
@@ -94,6 +94,26 @@ def test_headline_ratios() -> None:
     assert h["inproc_int8_over_usual_throughput"] == pytest.approx(4.0)
 
 
+def test_int8_floor_is_the_tighter_bound(model_dir: Path) -> None:
+    model = Model("m", model_dir, model_dir, True)
+    engine = {"corpus": {"tokens": 200, "texts": 10, "embed_texts_per_s": 100.0}}
+    engines = {"ctxembed-fp32": {"texts_per_s": {"median": 50.0}}}
+    engines["ctxembed-int8"] = {"texts_per_s": {"median": 100.0}}
+    flops = encoder_flops_per_token(384, 6, 1536, 20)
+    fast_memory = roofline(
+        model, engines, engine, {"int8_gflops": 100.0, "fp32_gflops": 50.0, "memory_gbps": 1e6}
+    )
+    compute = 100e9 / (flops * 20)
+    assert fast_memory["int8_floor_texts_per_s"] == pytest.approx(compute)
+    assert fast_memory["int8_share_of_int8_floor"] == pytest.approx(100.0 / compute)
+    assert fast_memory["fp32_share_of_int8_floor"] == pytest.approx(50.0 / compute)
+    slow_memory = roofline(
+        model, engines, engine, {"int8_gflops": 100.0, "fp32_gflops": 50.0, "memory_gbps": 0.001}
+    )
+    weights = slow_memory["int8_weight_bytes"]
+    assert slow_memory["int8_floor_texts_per_s"] == pytest.approx(32 * 1e6 / weights)
+
+
 def test_report_renders(tmp_path: Path) -> None:
     r = _result()
     result = {
@@ -154,6 +174,24 @@ def test_report_renders(tmp_path: Path) -> None:
         " 850 at batch 8 texts/s; a bare grpc.aio echo server 4000 requests/s to 32 clients"
     ) in md
     assert plots(result, tmp_path, "quick")
+    model["roofline"] = {
+        "flops_per_token": 170e6,
+        "mean_tokens_per_text": 16.8,
+        "fraction_of_int8_peak": 0.135,
+        "fraction_of_fp32_peak": 0.68,
+        "int8_floor_texts_per_s": 650.0,
+        "int8_compute_floor_texts_per_s": 650.0,
+        "int8_bandwidth_floor_texts_per_s": 2800.0,
+        "int8_weight_bytes": 114 * 2**20,
+        "fp32_share_of_int8_floor": 0.108,
+        "int8_share_of_int8_floor": 0.2,
+    }
+    md = markdown(result)
+    assert (
+        "int8 floor, corpus in calls of 32: 650 texts/s (compute at the int8 matmul rate 650;"
+        " the int8 file's 114 MiB read from memory once per call 2800); ctxembed fp32 reaches"
+        " **10.8%** of it, int8 **20.0%**"
+    ) in md
 
 
 def test_gpu_script_dry_run_on_the_cpu(model_dir: Path, tmp_path: Path) -> None:
