@@ -2,7 +2,8 @@
 on loopback with the real model, and prints what it counted.
 
     python -m benchmarks.stress --model-dir DIR [--only 1,3] [--soak-seconds 600]
-                                [--fuzz-examples 100000]
+                                [--fuzz-examples 100000] [--soak-args "--parallel-runs 1"]
+                                [--name stress-low-memory]
 
 1. SIGTERM under 64 concurrent clients: accepted calls all complete, later ones get UNAVAILABLE,
    exit 0 within the grace.
@@ -12,12 +13,13 @@ on loopback with the real model, and prints what it counted.
 4. 1 ms deadlines and calls cancelled right after sending: how many the server skipped or
    stopped; results unchanged after.
 5. Structure-aware fuzzing (benchmarks/fuzz.py): never INTERNAL or UNKNOWN.
-6. Soak: saturation, RSS sampled; growth after warm-up.
+6. Soak: saturation, RSS sampled; growth after warm-up, and the peak against the edge budget
+   (200 MiB for the default model; ``--soak-args`` runs it in another serving profile).
 7. Flood: while heavy calls keep every batch slot busy, 64 clients send large requests with
    50 ms deadlines; peak RSS against the warmed-up idle figure (within 20%), codes only OK,
    DEADLINE_EXCEEDED, CANCELLED or RESOURCE_EXHAUSTED, SERVING after.
 
-Writes benchmarks/results/stress.{json,md}.
+Writes benchmarks/results/stress.{json,md} (or --name .{json,md}).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -232,8 +235,13 @@ def fuzzing(model_dir: Path, examples: int) -> dict[str, Any]:
     }
 
 
-def soak(model_dir: Path, seconds: float, warmup: float = 60.0) -> dict[str, Any]:
-    server, _ = start_server(model_dir, [])
+RSS_BUDGET_MIB = 200.0  # the edge target for the default model (docs/service.md, "Memory")
+
+
+def soak(
+    model_dir: Path, seconds: float, server_args: Sequence[str] = (), warmup: float = 60.0
+) -> dict[str, Any]:
+    server, _ = start_server(model_dir, list(server_args))
     samples: list[tuple[float, float]] = []
 
     async def run() -> Counter[str]:
@@ -255,9 +263,13 @@ def soak(model_dir: Path, seconds: float, warmup: float = 60.0) -> dict[str, Any
     settled = [rss for t, rss in samples if t >= min(warmup, seconds / 3)]
     head, tail = settled[: max(1, len(settled) // 4)], settled[-max(1, len(settled) // 4) :]
     growth = 100 * (float(np.mean(tail)) / float(np.mean(head)) - 1)
+    peak_mib = max(rss for _, rss in samples)  # /proc reports KiB: rss_mb is MiB
     return {
         "seconds": seconds,
+        "server_args": list(server_args),
         "codes": dict(codes),
+        "peak_rss_mib": peak_mib,
+        "within_rss_budget": peak_mib < RSS_BUDGET_MIB,
         "rss_mb_samples": samples,
         "rss_growth_after_warmup_pct": growth,
         "server_stats": stats,
@@ -377,7 +389,10 @@ def markdown(result: dict[str, Any]) -> str:
         r = s["soak"]
         lines.append(
             f"6. Soak, {r['seconds']:.0f} s of 32 saturating clients: RSS growth after warm-up"
-            f" **{r['rss_growth_after_warmup_pct']:+.1f}%**; codes {r['codes']}"
+            f" **{r['rss_growth_after_warmup_pct']:+.1f}%**; codes {r['codes']}; peak RSS"
+            f" {r.get('peak_rss_mib', float('nan')):.0f} MiB (edge budget {RSS_BUDGET_MIB:.0f}:"
+            f" {'within' if r.get('within_rss_budget') else 'over'});"
+            f" server args {' '.join(r.get('server_args', [])) or 'default'}"
         )
     if "flood" in s:
         r = s["flood"]
@@ -398,6 +413,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--only", default="1,2,3,4,5,6,7")
     p.add_argument("--soak-seconds", type=float, default=600.0)
     p.add_argument("--fuzz-examples", type=int, default=100_000)
+    p.add_argument("--soak-args", default="", help="extra `ctxembed serve` flags for the soak")
+    p.add_argument("--name", default="", help="results file stem (default: stress)")
     args = p.parse_args(argv)
     only = {int(x) for x in args.only.split(",")}
     scenarios: dict[int, tuple[str, Callable[[], dict[str, Any]]]] = {
@@ -406,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         3: ("overload", lambda: overload(args.model_dir)),
         4: ("deadlines", lambda: deadlines_and_cancels(args.model_dir)),
         5: ("fuzz", lambda: fuzzing(args.model_dir, args.fuzz_examples)),
-        6: ("soak", lambda: soak(args.model_dir, args.soak_seconds)),
+        6: ("soak", lambda: soak(args.model_dir, args.soak_seconds, shlex.split(args.soak_args))),
         7: ("flood", lambda: flood(args.model_dir)),
     }
     result: dict[str, Any] = {
@@ -421,10 +438,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["scenarios"][name] = run()
         print(f"    passed: {result['scenarios'][name]['passed']}", flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = "" if only == set(scenarios) else "-partial"
-    (RESULTS / f"stress{suffix}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
+    stem = args.name or ("stress" if only == set(scenarios) else "stress-partial")
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
     md = markdown(result)
-    (RESULTS / f"stress{suffix}.md").write_text(md)
+    (RESULTS / f"{stem}.md").write_text(md)
     print(md)
     return 0 if all(v["passed"] for v in result["scenarios"].values()) else 1
 
