@@ -1,4 +1,6 @@
-"""Generate the Python code of ctxembed.v1 (committed under runtime/; tests check it is current).
+"""Generate the Python code of ctxembed.v1 and of the open inference protocol (Triton's superset
+of KServe v2, package ``inference``, vendored under proto/ctxembed/inference/), committed under
+runtime/; tests check it is current.
 
     python proto/generate.py [OUT]      (default: runtime; `make proto`)
 
@@ -17,6 +19,13 @@ from grpc_tools import protoc
 ROOT = Path(__file__).resolve().parents[1]
 
 
+PROTOS = (
+    "ctxembed/v1/embedder.proto",
+    "ctxembed/inference/model_config.proto",
+    "ctxembed/inference/grpc_service.proto",
+)
+
+
 def generate(out: Path) -> None:
     args = [
         "protoc",
@@ -25,7 +34,7 @@ def generate(out: Path) -> None:
         f"--python_out={out}",
         f"--pyi_out={out}",
         f"--grpc_python_out={out}",
-        str(ROOT / "proto" / "ctxembed" / "v1" / "embedder.proto"),
+        *(str(ROOT / "proto" / name) for name in PROTOS),
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")

@@ -18,6 +18,15 @@ from ctxembed.runtime.types import (
 )
 
 
+def check_request_size(count: int, limits: Limits) -> None:
+    """A request's number of inputs, checked before anything is decoded further."""
+    if count > limits.max_inputs_per_request:
+        limit = limits.max_inputs_per_request
+        raise InvalidInput("inputs", f"has {count} inputs; the limit is {limit}", limit)
+    if not count:
+        raise InvalidInput("inputs", "must not be empty")
+
+
 def coerce_input(value: InputLike, field: str) -> TextInput:
     if isinstance(value, TextInput):
         return value

@@ -2,9 +2,10 @@
 
 Like TEI's ``--api-key``: a call must carry ``authorization: Bearer <token>`` metadata with one
 of the accepted tokens, or it gets ``UNAUTHENTICATED`` with no hint of what is accepted. The
-health service stays open (Kubernetes probes cannot send credentials), and so does reflection
-when asked. Tokens come from a file, one per line (several, for rotation), re-read on SIGHUP;
-comparison is constant-time and tokens never reach the log.
+health service stays open (Kubernetes probes cannot send credentials), as do the open inference
+protocol's live/ready/metadata calls, and reflection when asked. Tokens come from a file, one
+per line (several, for rotation), re-read on SIGHUP; comparison is constant-time and tokens never
+reach the log.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ from typing import Any
 
 import grpc
 
-from ctxembed.service.interceptors import HEALTH_PREFIX, Handler, Interceptor, refusal
+from ctxembed.service.interceptors import (
+    HEALTH_PREFIX,
+    INFERENCE_OPEN,
+    Handler,
+    Interceptor,
+    refusal,
+)
 from ctxembed.service.settings import ServeError
 
 log = logging.getLogger("ctxembed.service")
@@ -45,7 +52,11 @@ class TokenAuth(Interceptor):
     def __init__(self, path: Path, open_reflection: bool = False) -> None:
         self.path = path
         self.tokens = read_tokens(path)
-        self.open_prefixes = (HEALTH_PREFIX, *(REFLECTION_PREFIXES if open_reflection else ()))
+        self.open_prefixes = (
+            HEALTH_PREFIX,
+            *INFERENCE_OPEN,
+            *(REFLECTION_PREFIXES if open_reflection else ()),
+        )
         self.rejected = 0
 
     def reload(self) -> None:

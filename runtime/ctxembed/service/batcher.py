@@ -57,6 +57,7 @@ class BatcherStats:
     run_s: float = 0.0
     pool_s: float = 0.0
     serialize_s: float = 0.0
+    last_done_unix_ms: int = 0  # when a request last completed (Triton's last_inference)
     batch_sizes: deque[int] = field(default_factory=lambda: deque(maxlen=1024))  # recent only
 
     def snapshot(self) -> dict[str, float | int]:
@@ -238,6 +239,7 @@ class MicroBatcher:
                 job.future.set_exception(outcome)
             else:
                 self.stats.requests_done += 1
+                self.stats.last_done_unix_ms = int(time.time() * 1000)
                 job.future.set_result(outcome)
 
     async def _execute(

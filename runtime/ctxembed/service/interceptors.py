@@ -23,6 +23,16 @@ else:
 
 Continuation = Callable[[grpc.HandlerCallDetails], Awaitable[Handler]]
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
+# The open inference protocol's probes: answered while draining (ready: false), like health.
+INFERENCE_PROBES = tuple(
+    f"/inference.GRPCInferenceService/{m}" for m in ("ServerLive", "ServerReady", "ModelReady")
+)
+# ... and what is open without a token: the probes and the metadata, as Triton and KServe do.
+INFERENCE_OPEN = (
+    *INFERENCE_PROBES,
+    "/inference.GRPCInferenceService/ServerMetadata",
+    "/inference.GRPCInferenceService/ModelMetadata",
+)
 
 
 def refusal(handler: Handler | None, code: grpc.StatusCode, message: str) -> Handler:
@@ -55,7 +65,7 @@ class Drain(Interceptor):
         self, continuation: Continuation, details: grpc.HandlerCallDetails
     ) -> Handler:
         handler = await continuation(details)
-        if handler is None or details.method.startswith(HEALTH_PREFIX):
+        if handler is None or details.method.startswith((HEALTH_PREFIX, *INFERENCE_PROBES)):
             return handler
         if self.closed:
             self.refused += 1

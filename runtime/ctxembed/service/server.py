@@ -23,6 +23,8 @@ from ctxembed.service.batcher import MicroBatcher
 from ctxembed.service.event_loop import running_loop_name
 from ctxembed.service.interceptors import Drain
 from ctxembed.service.metrics import Metrics
+from ctxembed.service.open_inference import SERVICE as INFERENCE_SERVICE
+from ctxembed.service.open_inference import InferenceServicer, ServedModel
 from ctxembed.service.servicer import WordEmbedderServicer, server_version
 from ctxembed.service.settings import ServeError, ServerSettings, host_port
 from ctxembed.v1 import embedder_pb2 as pb
@@ -107,13 +109,17 @@ async def start_server(
     server = grpc.aio.server(
         options=channel_options(settings), interceptors=[drain, *([auth] if auth else [])]
     )
-    WordEmbedderServicer(model, batcher, metrics, settings.access_log).add_to_server(server)
+    v1 = WordEmbedderServicer(model, batcher, metrics, settings.access_log)
+    v1.add_to_server(server)
+    served = ServedModel(model.info().name, model, batcher, metrics)
+    InferenceServicer({served.name: served}, v1.calls, drain).add_to_server(server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     health_server = None
     reflection.enable_server_reflection(
         (
             SERVICE_NAME,
+            INFERENCE_SERVICE,
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         ),

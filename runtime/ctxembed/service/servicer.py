@@ -6,10 +6,10 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
 from importlib import metadata
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.rpc import status_pb2
@@ -17,12 +17,13 @@ from google.rpc import status_pb2
 from ctxembed.runtime.errors import InvalidInput
 from ctxembed.runtime.stages import WordEmbeddingModel
 from ctxembed.runtime.types import WordEmbeddings
+from ctxembed.runtime.validation import check_request_size
 from ctxembed.service.batcher import MicroBatcher
 from ctxembed.service.metrics import Metrics
 from ctxembed.service.status import plain, status_for
 from ctxembed.v1 import embedder_pb2 as pb
 from ctxembed.v1 import embedder_pb2_grpc as pb_grpc
-from ctxembed.v1.wire import call_from_request, info_to_pb, response_from_results
+from ctxembed.v1.wire import DecodedRequest, call_from_request, info_to_pb, response_from_results
 
 log = logging.getLogger("ctxembed.service")
 access = logging.getLogger("ctxembed.access")
@@ -61,7 +62,7 @@ class Malformed:
         self.error = error
 
 
-def _safe_parse(message: type[Any]) -> Any:
+def safe_parse(message: type[Any]) -> Any:
     def parse(data: bytes) -> Any:
         try:
             return message.FromString(data)
@@ -90,22 +91,14 @@ def _checked(request: Any) -> pb.EmbedRequest:
     return request  # type: ignore[no-any-return]
 
 
-class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
-    def __init__(
-        self,
-        model: WordEmbeddingModel,
-        batcher: MicroBatcher,
-        metrics: Metrics | None = None,
-        access_log: bool = False,
-    ) -> None:
-        self.model = model
-        self.batcher = batcher
-        self.limits = model.limits
+class CallObserver:
+    """Metrics and the access log line of each call (or stream message), for every face."""
+
+    def __init__(self, metrics: Metrics | None, access_log: bool) -> None:
         self.metrics = metrics
         self.access_log = access_log
-        self._info = info_to_pb(replace(model.info(), server_version=server_version()))
 
-    def _observe(
+    def observe(
         self,
         method: str,
         code: grpc.StatusCode,
@@ -113,7 +106,6 @@ class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
         results: list[WordEmbeddings],
         context: Context,
     ) -> None:
-        """Metrics and the access log line of one call (or one stream message)."""
         seconds = time.perf_counter() - started
         if self.metrics is not None:
             self.metrics.record_request(method, code.name, seconds)
@@ -133,22 +125,95 @@ class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
                        "tokens": sum(r.num_tokens for r in results)},
             )  # fmt: skip
 
+
+def call_status(exc: Exception, prefix: str = "") -> grpc.Status:
+    """The status a failed call answers; anything unexpected is logged and INTERNAL."""
+    status = status_for(exc, prefix)
+    if status is None:
+        log.error("internal error", exc_info=exc)
+        status = plain(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+    return status
+
+
+Response = TypeVar("Response")
+
+
+async def run_batched(
+    batcher: MicroBatcher,
+    metrics: Metrics | None,
+    call: DecodedRequest,
+    context: Context,
+    build: Callable[[list[WordEmbeddings]], Response],
+) -> tuple[Response, list[WordEmbeddings]]:
+    """Queue a decoded request, wait for its results and build the response (timed as the
+    serialize stage): what every face of the service does with a request."""
+    if metrics is None:
+        results = await batcher.submit(call, context.time_remaining())
+    else:
+        with metrics.in_progress.track_inprogress():
+            results = await batcher.submit(call, context.time_remaining())
+    start = time.perf_counter()
+    response = build(results)
+    serialize_s = time.perf_counter() - start
+    batcher.stats.serialize_s += serialize_s
+    if metrics is not None:
+        metrics.record_stage("serialize", serialize_s)
+    return response, results
+
+
+async def answer(
+    calls: CallObserver,
+    method: str,
+    context: Context,
+    work: Callable[[], Awaitable[tuple[Response, list[WordEmbeddings]]]],
+) -> Response:
+    """Run one unary call: its status from what ``work`` raises, observed either way."""
+    started = time.perf_counter()
+    try:
+        response, results = await work()
+    except asyncio.CancelledError:
+        calls.observe(method, grpc.StatusCode.CANCELLED, started, [], context)
+        raise
+    except Exception as exc:
+        status = call_status(exc)
+        calls.observe(method, status.code, started, [], context)
+        await context.abort_with_status(status)  # type: ignore[attr-defined]
+        raise AssertionError("unreachable: abort raises") from exc
+    calls.observe(method, grpc.StatusCode.OK, started, results, context)
+    return response
+
+
+class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
+    def __init__(
+        self,
+        model: WordEmbeddingModel,
+        batcher: MicroBatcher,
+        metrics: Metrics | None = None,
+        access_log: bool = False,
+    ) -> None:
+        self.model = model
+        self.batcher = batcher
+        self.limits = model.limits
+        self.metrics = metrics
+        self.calls = CallObserver(metrics, access_log)
+        self._info = info_to_pb(replace(model.info(), server_version=server_version()))
+
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Register the methods with decoders that never raise (see ``Malformed``)."""
         handlers = {
             "Embed": grpc.unary_unary_rpc_method_handler(
                 self.Embed,
-                request_deserializer=_safe_parse(pb.EmbedRequest),
+                request_deserializer=safe_parse(pb.EmbedRequest),
                 response_serializer=pb.EmbedResponse.SerializeToString,
             ),
             "EmbedStream": grpc.stream_stream_rpc_method_handler(
                 self.EmbedStream,
-                request_deserializer=_safe_parse(pb.EmbedRequest),
+                request_deserializer=safe_parse(pb.EmbedRequest),
                 response_serializer=pb.EmbedResponse.SerializeToString,
             ),
             "GetModelInfo": grpc.unary_unary_rpc_method_handler(
                 self.GetModelInfo,
-                request_deserializer=_safe_parse(pb.GetModelInfoRequest),
+                request_deserializer=safe_parse(pb.GetModelInfoRequest),
                 response_serializer=pb.ModelInfo.SerializeToString,
             ),
         }
@@ -159,48 +224,12 @@ class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
         self, request: pb.EmbedRequest, context: Context
     ) -> tuple[pb.EmbedResponse, list[WordEmbeddings]]:
         request = _checked(request)
-        if len(request.inputs) > self.limits.max_inputs_per_request:
-            limit = self.limits.max_inputs_per_request
-            raise InvalidInput(
-                "inputs", f"has {len(request.inputs)} inputs; the limit is {limit}", limit
-            )
-        if not request.inputs:
-            raise InvalidInput("inputs", "must not be empty")
+        check_request_size(len(request.inputs), self.limits)
         call = call_from_request(request)
-        if self.metrics is None:
-            results = await self.batcher.submit(call, context.time_remaining())
-        else:
-            with self.metrics.in_progress.track_inprogress():
-                results = await self.batcher.submit(call, context.time_remaining())
-        start = time.perf_counter()
-        response = response_from_results(results)
-        serialize_s = time.perf_counter() - start
-        self.batcher.stats.serialize_s += serialize_s
-        if self.metrics is not None:
-            self.metrics.record_stage("serialize", serialize_s)
-        return response, results
-
-    def _status(self, exc: Exception, prefix: str = "") -> grpc.Status:
-        status = status_for(exc, prefix)
-        if status is None:
-            log.error("internal error", exc_info=exc)
-            status = plain(grpc.StatusCode.INTERNAL, "internal error; see the server log")
-        return status
+        return await run_batched(self.batcher, self.metrics, call, context, response_from_results)
 
     async def Embed(self, request: pb.EmbedRequest, context: Context) -> pb.EmbedResponse:
-        started = time.perf_counter()
-        try:
-            response, results = await self._embed(request, context)
-        except asyncio.CancelledError:
-            self._observe("Embed", grpc.StatusCode.CANCELLED, started, [], context)
-            raise
-        except Exception as exc:
-            status = self._status(exc)
-            self._observe("Embed", status.code, started, [], context)
-            await context.abort_with_status(status)  # type: ignore[attr-defined]
-            raise AssertionError("unreachable: abort raises") from exc
-        self._observe("Embed", grpc.StatusCode.OK, started, results, context)
-        return response
+        return await answer(self.calls, "Embed", context, lambda: self._embed(request, context))
 
     async def EmbedStream(
         self, request_iterator: AsyncIterator[pb.EmbedRequest], context: Context
@@ -235,11 +264,11 @@ class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    status = self._status(exc, f"stream request {index}: ")
-                    self._observe("EmbedStream", status.code, started, [], context)
+                    status = call_status(exc, f"stream request {index}: ")
+                    self.calls.observe("EmbedStream", status.code, started, [], context)
                     yield pb.EmbedResponse(error=_rpc_status(status))
                 else:
-                    self._observe("EmbedStream", grpc.StatusCode.OK, started, results, context)
+                    self.calls.observe("EmbedStream", grpc.StatusCode.OK, started, results, context)
                     yield response
                 finally:
                     window.release()
@@ -247,7 +276,7 @@ class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
             try:
                 await reader  # re-raises what ended the reading early, if anything did
             except Exception as exc:
-                await context.abort_with_status(self._status(exc))  # type: ignore[attr-defined]
+                await context.abort_with_status(call_status(exc))  # type: ignore[attr-defined]
         finally:
             reader.cancel()
             while not pending.empty():
@@ -258,8 +287,8 @@ class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Context) -> pb.ModelInfo:
         started = time.perf_counter()
         if isinstance(request, Malformed):
-            status = self._status(InvalidInput("request", f"cannot be decoded: {request.error}"))
-            self._observe("GetModelInfo", status.code, started, [], context)
+            status = call_status(InvalidInput("request", f"cannot be decoded: {request.error}"))
+            self.calls.observe("GetModelInfo", status.code, started, [], context)
             await context.abort_with_status(status)  # type: ignore[attr-defined]
-        self._observe("GetModelInfo", grpc.StatusCode.OK, started, [], context)
+        self.calls.observe("GetModelInfo", grpc.StatusCode.OK, started, [], context)
         return self._info

@@ -21,6 +21,10 @@ class Cancelled(Exception):
     """The caller cancelled the request while it ran."""
 
 
+class UnknownModel(Exception):
+    """A request named a model this server does not serve (the message lists those it does)."""
+
+
 def invalid_argument(exc: InvalidInput, prefix: str = "") -> grpc.Status:
     detail = error_details_pb2.BadRequest()
     violation = detail.field_violations.add()
@@ -46,6 +50,8 @@ def status_for(exc: BaseException, prefix: str = "") -> grpc.Status | None:
         )
     if isinstance(exc, DeadlineExpired):
         return plain(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline passed before the results")
+    if isinstance(exc, UnknownModel):
+        return plain(grpc.StatusCode.NOT_FOUND, str(exc))
     if isinstance(exc, (Cancelled, Abandoned)):
         return plain(grpc.StatusCode.CANCELLED, "cancelled by the caller")
     return None
