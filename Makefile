@@ -68,10 +68,14 @@ $(BENCH_STAMP): pyproject.toml constraints-bench.txt
 bench: $(BENCH_STAMP)
 	test -f $(MODEL_DIR)/manifest.json || $(BENCH_BIN)/ctxembed export --out $(MODEL_DIR) $(EXPORT_ARGS)
 	$(BENCH_BIN)/python -m benchmarks.run --quick --model-dir $(MODEL_DIR)
+	# Triton's perf_analyzer beside the Python load generator (installs .venv-triton once;
+	# prints why and skips where it cannot run)
+	$(BENCH_BIN)/python -m benchmarks.perf_analyzer --model-dir $(MODEL_DIR)
 
 bench-full: $(BENCH_STAMP)
 	test -f $(MODEL_DIR)/manifest.json || $(BENCH_BIN)/ctxembed export --out $(MODEL_DIR) $(EXPORT_ARGS)
 	$(BENCH_BIN)/python -m benchmarks.run --model-dir $(MODEL_DIR)
+	$(BENCH_BIN)/python -m benchmarks.perf_analyzer --model-dir $(MODEL_DIR) --seconds 10
 
 # Scale-out: replicas behind one client (1 vs 3), bulk words/s in process, embed_file and Ray.
 bench-scale: $(BENCH_STAMP)
