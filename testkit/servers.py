@@ -17,8 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ctxembed.runtime.stages import WordEmbeddingModel
-from ctxembed.service.server import RunningServer, start_server
+from ctxembed.service.server import Models, RunningServer, start_server
 from ctxembed.service.settings import ServerSettings
 
 T = TypeVar("T")
@@ -26,10 +25,10 @@ READY = re.compile(r"serving .* on (\S+):(\d+), ready in ([0-9.]+) s")
 
 
 class ThreadServer:
-    """A server for ``model`` on an ephemeral port, on its own event loop in a daemon thread;
-    ``overrides`` replace fields of ``ServerSettings``."""
+    """A server for ``model`` (or several, by name) on an ephemeral port, on its own event loop
+    in a daemon thread; ``overrides`` replace fields of ``ServerSettings``."""
 
-    def __init__(self, model: WordEmbeddingModel, **overrides: Any) -> None:
+    def __init__(self, model: Models, **overrides: Any) -> None:
         settings = replace(ServerSettings(port=0), **overrides)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
@@ -54,19 +53,11 @@ class ThreadServer:
 class ProcessServer:
     """``ctxembed serve`` in a subprocess, as users and `make serve` run it."""
 
-    def __init__(self, model_dir: Path, *extra: str) -> None:
+    def __init__(self, model_dir: Path | None, *extra: str) -> None:
+        """``model_dir`` None: ``extra`` names the models (``--model NAME=DIR``)."""
+        folder = [] if model_dir is None else ["--model-dir", str(model_dir)]
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "ctxembed.cli",
-                "serve",
-                "--model-dir",
-                str(model_dir),
-                "--port",
-                "0",
-                *extra,
-            ],
+            [sys.executable, "-m", "ctxembed.cli", "serve", *folder, "--port", "0", *extra],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from ctxembed.cli import build_parser
+from ctxembed.cli import build_parser, main
 from ctxembed.cli.flags import Binding, env_name
 from ctxembed.cli.serve import settings_from
-from ctxembed.service.settings import ProcessSettings, ServerSettings
+from ctxembed.service.settings import ModelSetting, NamedModel, ProcessSettings, ServerSettings
 
 # Not flags, on purpose: set by the supervisor for its workers, or derived from another flag.
 INTERNAL = {("metrics_shared",), ("reuse_port",), ("batcher", "max_response_bytes")}
@@ -95,6 +95,12 @@ def _get(obj: Any, path: tuple[str, ...]) -> Any:
 def _sample(b: Binding, default: Any) -> tuple[str, Any]:
     """A command-line value other than the default, and what the setting becomes."""
     meta = b.flag
+    if b.option == "--model":
+        return "small=/tmp/m", (NamedModel("small", Path("/tmp/m")),)
+    if b.option == "--model-setting":
+        return "small.max_queue=5", (
+            ModelSetting("small", "max_queue", 5, ("batcher", "max_queue")),
+        )
     if meta.kind == "toggle":
         return ("false", False) if default else ("true", True)
     if meta.kind == "switch":
@@ -132,9 +138,9 @@ def test_each_flag_and_variable_reaches_the_settings(monkeypatch: pytest.MonkeyP
             b, b.flag.from_setting(current) if b.flag.from_setting else current
         )
         assert expected != current, b.option  # the test changes something
-        extra = [] if b.option == "--model-dir" else ["--model-dir", "/models/x"]
+        extra = [] if b.option in ("--model-dir", "--model") else ["--model-dir", "/models/x"]
         extra += COMPANIONS.get(b.option, [])
-        as_flag = {"value": [b.option, text], "switch": [b.option]}.get(
+        as_flag = {"value": [b.option, text], "append": [b.option, text], "switch": [b.option]}.get(
             b.flag.kind, [b.option if text == "true" else "--no-" + b.option[2:]]
         )
         with monkeypatch.context() as env:
@@ -144,6 +150,38 @@ def test_each_flag_and_variable_reaches_the_settings(monkeypatch: pytest.MonkeyP
                 server, process = settings_from(build_parser().parse_args(["serve", *extra, *argv]))
                 got = _get(process if of_process else server, b.path)
                 assert got == expected, (b.option, how)
+
+
+def test_several_models_by_flag_and_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["serve", "--model", "a=/m/1", "--model", "b=/m/2", "--model-setting", "b.threads=1"]
+    server, _ = settings_from(build_parser().parse_args(argv))
+    assert server.models == (NamedModel("a", Path("/m/1")), NamedModel("b", Path("/m/2")))
+    assert server.model_settings == (ModelSetting("b", "threads", 1, ("engine", "threads")),)
+    argv = ["serve", "--model-setting", "b.max_inputs_per_request=8"]
+    monkeypatch.setenv("CTXEMBED_MODEL", "a=/m/1, b=/m/2")
+    server, _ = settings_from(build_parser().parse_args(argv))
+    assert [m.name for m in server.models] == ["a", "b"]
+    [limit] = server.model_settings
+    assert limit.path == ("engine", "limits", "max_inputs_per_request") and limit.value == 8
+    # a given flag replaces the variable's list
+    server, _ = settings_from(build_parser().parse_args(["serve", "--model", "c=/m/3"]))
+    assert [m.name for m in server.models] == ["c"]
+    for bad, message in (
+        (["--model-setting", "b.colour=red"], "not a per-model setting"),
+        (["--model-setting", "b.threads=zero"], "b.threads: expected an integer"),
+    ):
+        assert main([*argv[:1], *bad]) == 2
+        assert message in capsys.readouterr().err
+    for bad in (["--model", "no-equals-sign"], ["--model", "bad/name=/m"]):
+        with pytest.raises(SystemExit):
+            build_parser().parse_args(["serve", *bad])
+        assert "--model" in capsys.readouterr().err
+    monkeypatch.setenv("CTXEMBED_MODEL", "a=/m/1,=/m/2")
+    with pytest.raises(SystemExit):
+        main(["serve"])
+    assert "from $CTXEMBED_MODEL" in capsys.readouterr().err
 
 
 def test_a_flag_wins_over_its_variable_and_bad_values_name_the_variable(

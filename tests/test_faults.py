@@ -19,6 +19,7 @@ from fake_model import POISON, FakeModel, word_vector
 from ctxembed.client import CHANNEL_OPTIONS
 from ctxembed.runtime import TextInput
 from ctxembed.service.batcher import MicroBatcher
+from ctxembed.service.registry import ModelRegistry, ServedModel
 from ctxembed.service.servicer import WordEmbedderServicer
 from ctxembed.service.settings import BatcherSettings
 from ctxembed.service.status import Cancelled, DeadlineExpired, status_for
@@ -150,7 +151,7 @@ def test_stream_ends_when_its_reader_fails(caplog: pytest.LogCaptureFixture) -> 
         model = FakeModel()
         batcher = MicroBatcher(model)
         batcher.start()
-        servicer = WordEmbedderServicer(model, batcher)
+        servicer = WordEmbedderServicer(ModelRegistry([ServedModel("fake", model, batcher)]))
         got: list[pb.EmbedResponse] = []
         try:
             with pytest.raises(RuntimeError, match="aborted: INTERNAL"):

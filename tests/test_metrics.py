@@ -49,6 +49,8 @@ def test_metrics_count_every_call_exactly(caplog: pytest.LogCaptureFixture) -> N
         server.stop()
 
     def value(name: str, **labels: str) -> float:
+        """A series of the fake model (every series carries the model's name)."""
+        labels.setdefault("model", "fake")
         return m[(name, tuple(sorted(labels.items())))]
 
     assert value("ctxembed_requests_total", method="Embed", code="OK") == 3
@@ -97,14 +99,16 @@ def test_serve_command_metrics_and_json_logs(model_dir: Path) -> None:
         port = re.search(r"metrics on http://127\.0\.0\.1:(\d+)/metrics", ready)
         assert port, ready
         with Client(server.address) as client:
+            name = client.info().name
             client.embed(["I live near the bank of America"])
             with pytest.raises(InvalidInput):
                 client.embed([["a", " "]])
         m = scrape(f"http://127.0.0.1:{port.group(1)}/metrics")
-        assert m[("ctxembed_requests_total", (("code", "OK"), ("method", "Embed")))] == 1
-        invalid = (("code", "INVALID_ARGUMENT"), ("method", "Embed"))
+        ok = (("code", "OK"), ("method", "Embed"), ("model", name))
+        assert m[("ctxembed_requests_total", ok)] == 1
+        invalid = (("code", "INVALID_ARGUMENT"), ("method", "Embed"), ("model", name))
         assert m[("ctxembed_requests_total", invalid)] == 1
-        assert m[("ctxembed_words_total", ())] == 7
+        assert m[("ctxembed_words_total", (("model", name),))] == 7
     finally:
         server.proc.send_signal(signal.SIGTERM)
     code, log = server.finish()

@@ -28,7 +28,12 @@ def _serve(model_dir: Path, port: int = 0) -> tuple[ProcessServer, int]:
 
 def _served(metrics_port: int) -> float:
     samples = scrape(f"http://127.0.0.1:{metrics_port}/metrics")
-    return samples.get(("ctxembed_requests_total", (("code", "OK"), ("method", "Embed"))), 0.0)
+    return sum(  # over the models (one here)
+        value
+        for (name, labels), value in samples.items()
+        if name == "ctxembed_requests_total"
+        and {("code", "OK"), ("method", "Embed")} <= set(labels)
+    )
 
 
 def _load(target: str, seconds: float, outcome: Counter[str], threads: int = 6) -> None:

@@ -137,7 +137,8 @@ def test_sigterm_during_load_finishes_in_flight(model_dir: Path) -> None:
     with grpc.insecure_channel(server.address, options=CHANNEL_OPTIONS) as channel:
         stub = pb_grpc.WordEmbedderStub(channel)
         in_flight = [stub.Embed.future(heavy, timeout=60) for _ in range(6)]
-        received = ("ctxembed_requests_in_progress", ())
+        name = pb_grpc.WordEmbedderStub(channel).GetModelInfo(pb.GetModelInfoRequest()).model_name
+        received = ("ctxembed_requests_in_progress", (("model", name),))
         wait_for(lambda: scrape(metrics).get(received) == 6, what="all six calls received")
         server.proc.send_signal(signal.SIGTERM)
         for call in in_flight:

@@ -97,11 +97,13 @@ def test_workers_share_one_metrics_endpoint(model_dir: Path) -> None:
         for _ in range(calls):  # a connection each: the kernel spreads them over both workers
             with Client(server.address) as client:
                 client.embed(["river bank", "bank"])
+                name = client.info().name
         m = scrape(found.group(1))
-        ok = (("code", "OK"), ("method", "Embed"))
+        model = (("model", name),)
+        ok = (("code", "OK"), ("method", "Embed"), *model)
         assert m[("ctxembed_requests_total", ok)] == calls
-        assert m[("ctxembed_texts_total", ())] == 2 * calls
-        assert m[("ctxembed_words_total", ())] == 3 * calls
+        assert m[("ctxembed_texts_total", model)] == 2 * calls
+        assert m[("ctxembed_words_total", model)] == 3 * calls
         info = [k for k in m if k[0] == "ctxembed_model_info"]
         assert len(info) == 1 and m[info[0]] == 1
         # each worker's own file counts calls it served (a file alone proves nothing:

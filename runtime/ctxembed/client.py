@@ -183,8 +183,10 @@ class _Connection:
         tls_cert: PathLike | None = None,
         tls_key: PathLike | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        model: str = "",
     ) -> None:
         self.timeout = timeout
+        self.model = model  # which of the server's models (ListModels); "": its default
         self._metadata = bearer(token)
         self._credentials = channel_credentials(credentials, tls_ca, tls_cert, tls_key)
         self._channel = self._open(target)
@@ -195,6 +197,11 @@ class _Connection:
 
     def _per_call(self, timeout: float | None) -> float | None:
         return timeout or self.timeout
+
+    def _request(self, inputs: Sequence[InputLike], options: EmbedOptions) -> pb.EmbedRequest:
+        request = request_from_call(inputs, options)
+        request.model = self.model
+        return request
 
 
 class Client(_Connection):
@@ -222,7 +229,7 @@ class Client(_Connection):
         self, inputs: Sequence[InputLike], *, timeout: float | None = None, **options: Any
     ) -> list[WordEmbeddings]:
         """Like ``WordEmbedder.embed``: pooling, layers, layer_combine, normalize, dtype..."""
-        request = request_from_call(inputs, _options(options))
+        request = self._request(inputs, _options(options))
         try:
             response = self._stub.Embed(
                 request, timeout=self._per_call(timeout), metadata=self._metadata
@@ -251,7 +258,7 @@ class Client(_Connection):
         batches are read. A stream has no overall deadline (the client's ``timeout`` is per
         call) unless ``timeout`` sets one."""
         typed = _options(options)
-        requests = (request_from_call(batch, typed) for batch in batches)
+        requests = (self._request(batch, typed) for batch in batches)
         try:
             stream = self._stub.EmbedStream(requests, timeout=timeout, metadata=self._metadata)
             for response in stream:
@@ -262,10 +269,17 @@ class Client(_Connection):
 
     def info(self) -> ModelInfo:
         """What the server serves: model, dimension, layers, limits, versions."""
-        request = pb.GetModelInfoRequest()
+        request = pb.GetModelInfoRequest(model=self.model)
         return info_from_pb(
             self._stub.GetModelInfo(request, timeout=self.timeout, metadata=self._metadata)
         )
+
+    def list_models(self) -> list[ModelInfo]:
+        """Every model the server serves; the first is its default."""
+        response = self._stub.ListModels(
+            pb.ListModelsRequest(), timeout=self.timeout, metadata=self._metadata
+        )
+        return [info_from_pb(m) for m in response.models]
 
     def health(self, service: str = "") -> str:
         """The health service's status for ``service`` ("" = the server): SERVING, ..."""
@@ -299,7 +313,7 @@ class AsyncClient(_Connection):
     async def embed(
         self, inputs: Sequence[InputLike], *, timeout: float | None = None, **options: Any
     ) -> list[WordEmbeddings]:
-        request = request_from_call(inputs, _options(options))
+        request = self._request(inputs, _options(options))
         try:
             response = await self._stub.Embed(
                 request, timeout=self._per_call(timeout), metadata=self._metadata
@@ -329,10 +343,10 @@ class AsyncClient(_Connection):
         async def requests() -> AsyncIterator[pb.EmbedRequest]:
             if isinstance(batches, AsyncIterable):
                 async for batch in batches:
-                    yield request_from_call(batch, typed)
+                    yield self._request(batch, typed)
             else:
                 for batch in batches:
-                    yield request_from_call(batch, typed)
+                    yield self._request(batch, typed)
 
         call = self._stub.EmbedStream(requests(), timeout=timeout, metadata=self._metadata)
         try:
@@ -344,6 +358,13 @@ class AsyncClient(_Connection):
 
     async def info(self) -> ModelInfo:
         message = await self._stub.GetModelInfo(
-            pb.GetModelInfoRequest(), timeout=self.timeout, metadata=self._metadata
+            pb.GetModelInfoRequest(model=self.model), timeout=self.timeout, metadata=self._metadata
         )
         return info_from_pb(message)
+
+    async def list_models(self) -> list[ModelInfo]:
+        """Every model the server serves; the first is its default."""
+        response = await self._stub.ListModels(
+            pb.ListModelsRequest(), timeout=self.timeout, metadata=self._metadata
+        )
+        return [info_from_pb(m) for m in response.models]

@@ -34,6 +34,7 @@ def _add_connection(p: argparse.ArgumentParser, timeout: float) -> None:
         help="bearer token (default: $CTXEMBED_TOKEN)",
     )
     p.add_argument("--timeout", type=float, default=timeout)
+    p.add_argument("--model", default="", help="which of the server's models (default: its first)")
 
 
 def _client(args: argparse.Namespace) -> Any:
@@ -46,6 +47,7 @@ def _client(args: argparse.Namespace) -> Any:
         tls_ca=args.tls_ca,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
+        model=args.model,
     )
 
 

@@ -60,6 +60,12 @@ def at_least(
     return parse
 
 
+def _env_value(text: str, variable: str) -> EnvValue:
+    value = EnvValue(text)
+    value.variable = variable
+    return value
+
+
 Walked = tuple[tuple[str, ...], Field[Any], Any]
 
 
@@ -73,7 +79,7 @@ def _walk(obj: Any, prefix: tuple[str, ...] = ()) -> Iterator[Walked]:
             yield from _walk(value, (*prefix, f.name))
 
 
-def _parser_of(meta: Flag) -> Callable[[str], Any]:
+def value_parser(meta: Flag) -> Callable[[str], Any]:
     parse: Callable[[str], Any]
     if meta.minimum is not None or meta.maximum is not None:
         parse = at_least(meta.minimum or 0, meta.maximum, integer=meta.type is not float)
@@ -86,6 +92,8 @@ def _parser_of(meta: Flag) -> Callable[[str], Any]:
         except (argparse.ArgumentTypeError, ValueError) as exc:
             if isinstance(text, EnvValue):
                 raise argparse.ArgumentTypeError(f"from ${text.variable}: {exc}") from None
+            if meta.kind == "append":  # the parsers of repeatable flags explain their errors
+                raise argparse.ArgumentTypeError(str(exc)) from None
             raise
         if isinstance(text, EnvValue) and meta.choices and value not in meta.choices:
             raise argparse.ArgumentTypeError(
@@ -112,7 +120,25 @@ def add_flags(parser: argparse.ArgumentParser, root: Any) -> list[Binding]:
         text = meta.help + (f" (default: {shown})" if shown and meta.kind == "value" else "")
         raw = os.environ.get(env)
         kwargs: dict[str, Any] = {"dest": dest, "help": f"{text} [env: {env}]"}
-        if meta.kind in ("switch", "toggle"):
+        if meta.kind == "append":
+            # Given flags replace the variable's list (argparse would append to a default).
+            items = tuple(value)
+            if raw is not None:
+                parse = value_parser(meta)
+                try:
+                    items = tuple(parse(_env_value(item.strip(), env)) for item in raw.split(","))
+                except argparse.ArgumentTypeError as exc:
+                    errors.append(str(exc))
+            parser.set_defaults(**{f"{dest}__default": items})
+            parser.add_argument(
+                option,
+                action="append",
+                type=value_parser(meta),
+                metavar=option.lstrip("-").upper().replace("-", "_"),
+                default=None,
+                **kwargs,
+            )
+        elif meta.kind in ("switch", "toggle"):
             if raw is not None:
                 if raw.strip().lower() not in TRUE | FALSE:
                     errors.append(f"${env}={raw!r}: expected true or false")
@@ -121,11 +147,10 @@ def add_flags(parser: argparse.ArgumentParser, root: Any) -> list[Binding]:
             parser.add_argument(option, action=action, default=default, **kwargs)
         else:
             if raw is not None:
-                default = EnvValue(raw)
-                default.variable = env
+                default = _env_value(raw, env)
             parser.add_argument(
                 option,
-                type=_parser_of(meta),
+                type=value_parser(meta),
                 metavar=None if meta.choices else option.lstrip("-").upper().replace("-", "_"),
                 choices=meta.choices,
                 default=default,
@@ -142,6 +167,8 @@ def build(root: T, args: argparse.Namespace, bindings: list[Binding]) -> T:
     values = {}
     for b in bindings:
         value = getattr(args, b.dest)
+        if b.flag.kind == "append":
+            value = tuple(value) if value is not None else getattr(args, f"{b.dest}__default")
         values[b.path] = b.flag.to_setting(value) if b.flag.to_setting else value
     return _rebuild(root, (), values)
 

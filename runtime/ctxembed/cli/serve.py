@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
 
-from ctxembed.cli.flags import Binding, add_flags, build
-from ctxembed.service.settings import ProcessSettings, ServerSettings
+from ctxembed.cli.flags import FALSE, TRUE, Binding, add_flags, build, value_parser
+from ctxembed.service.settings import ModelSetting, ProcessSettings, ServerSettings
 
 
 def add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -29,14 +30,49 @@ def settings_from(args: argparse.Namespace) -> tuple[ServerSettings, ProcessSett
     server: list[Binding]
     process: list[Binding]
     server, process = args.bindings
-    return build(ServerSettings(), args, server), build(ProcessSettings(), args, process)
+    settings = build(ServerSettings(), args, server)
+    typed = tuple(_typed(item, server) for item in settings.model_settings)
+    return replace(settings, model_settings=typed), build(ProcessSettings(), args, process)
+
+
+PER_MODEL = ("engine", "batcher")  # the settings a --model-setting may set
+
+
+def _typed(item: ModelSetting, bindings: list[Binding]) -> ModelSetting:
+    """``item`` with its value converted, and checked, by the setting's own flag."""
+    known = {b.path[-1]: b for b in bindings if b.path[0] in PER_MODEL}
+    binding = known.get(item.setting)
+    if binding is None:
+        raise argparse.ArgumentTypeError(
+            f"--model-setting {item.model}.{item.setting}: not a per-model setting; those are"
+            f" {', '.join(sorted(known))}"
+        )
+    text = str(item.value)
+    try:
+        if binding.flag.kind in ("switch", "toggle"):
+            if text.strip().lower() not in TRUE | FALSE:
+                raise ValueError(f"expected true or false, got {text!r}")
+            value: object = text.strip().lower() in TRUE
+        else:
+            value = value_parser(binding.flag)(text)
+    except (argparse.ArgumentTypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(
+            f"--model-setting {item.model}.{item.setting}: {exc}"
+        ) from None
+    if binding.flag.to_setting is not None:
+        value = binding.flag.to_setting(value)
+    return replace(item, value=value, path=binding.path)
 
 
 def run_serve(args: argparse.Namespace) -> int:
     from ctxembed.service import event_loop, logs
     from ctxembed.service.server import serve
 
-    settings, process = settings_from(args)
+    try:
+        settings, process = settings_from(args)
+    except argparse.ArgumentTypeError as exc:
+        print(f"ctxembed serve: {exc}", file=sys.stderr)
+        return 2
     logs.configure(process.log_level, process.log_format)
     try:
         if process.workers > 1:

@@ -19,7 +19,8 @@ FLAG = "ctxembed.flag"
 class Flag:
     help: str
     name: str | None = None  # default: --field-name
-    kind: Literal["value", "switch", "toggle"] = "value"  # switch: --x; toggle: --x/--no-x
+    # switch: --x; toggle: --x/--no-x; append: repeatable, its variable comma-separated
+    kind: Literal["value", "switch", "toggle", "append"] = "value"
     type: Callable[[str], Any] | None = None  # default: the field's int/float/str
     minimum: float | None = None
     maximum: float | None = None

@@ -29,7 +29,7 @@ import numpy as np
 from ctxembed.runtime.errors import Abandoned, InvalidInput
 from ctxembed.runtime.stages import PreparedInputs, WordEmbeddingModel
 from ctxembed.runtime.types import WordEmbeddings
-from ctxembed.service.metrics import Metrics
+from ctxembed.service.metrics import ModelMetrics
 from ctxembed.service.settings import BatcherSettings
 from ctxembed.service.status import Cancelled, DeadlineExpired, Overloaded
 from ctxembed.v1.wire import DecodedRequest
@@ -107,7 +107,7 @@ class MicroBatcher:
         self._last_batch = 1
         self._pending = 0  # queued jobs whose caller still waits
         self._pending_tokens = 0  # their estimated tokens (what max_queued_tokens limits)
-        self.metrics: Metrics | None = None  # set by the server when --metrics-port is on
+        self.metrics: ModelMetrics | None = None  # set by the server when --metrics-port is on
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run_forever())

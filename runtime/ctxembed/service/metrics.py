@@ -39,61 +39,66 @@ STAGES = ("queue", "tokenize", "inference", "pool", "serialize")
 
 
 class Metrics:
-    def __init__(
-        self,
-        info: ModelInfo,
-        version: str,
-        queue_depth: Callable[[], int],
-        shared: bool = False,
-    ) -> None:
+    """The server's registry and metric families; every series carries a ``model`` label (one
+    server may serve several models). ``for_model`` gives the recorder of one model."""
+
+    def __init__(self, version: str, shared: bool = False) -> None:
         """``shared``: a worker's metrics, written to the multiprocess files."""
+        self.version = version
+        self.shared = shared
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
             "ctxembed_requests", "Requests by method and status code (stream messages each count)",
-            ["method", "code"], registry=r,
+            ["model", "method", "code"], registry=r,
         )  # fmt: skip
         self.duration = Histogram(
             "ctxembed_request_duration_seconds", "Time from receiving a request to its response",
-            ["method"], buckets=TIME_BUCKETS, registry=r,
+            ["model", "method"], buckets=TIME_BUCKETS, registry=r,
         )  # fmt: skip
         self.stages = {
             stage: Histogram(
                 f"ctxembed_{stage}_duration_seconds",
                 f"Time spent in the {stage} stage (queue and serialize per request, the others"
                 " per batch)",
+                ["model"],
                 buckets=TIME_BUCKETS,
                 registry=r,
             )
             for stage in STAGES
         }
         self.batch_size = Histogram(
-            "ctxembed_batch_size", "Requests per micro-batch", buckets=SIZE_BUCKETS, registry=r
-        )
+            "ctxembed_batch_size", "Requests per micro-batch", ["model"], buckets=SIZE_BUCKETS,
+            registry=r,
+        )  # fmt: skip
         self.batch_tokens = Histogram(
-            "ctxembed_batch_tokens", "Tokens per micro-batch", buckets=TOKEN_BUCKETS, registry=r
-        )
+            "ctxembed_batch_tokens", "Tokens per micro-batch", ["model"], buckets=TOKEN_BUCKETS,
+            registry=r,
+        )  # fmt: skip
         # A callback gauge cannot cross processes: workers set it at each batch and response.
-        self._depth = Gauge(
-            "ctxembed_queue_depth", "Requests waiting for a batch (all workers)",
+        self.depth = Gauge(
+            "ctxembed_queue_depth", "Requests waiting for a batch (all workers)", ["model"],
             registry=r, multiprocess_mode="livesum",
         )  # fmt: skip
         self.in_progress = Gauge(
-            "ctxembed_requests_in_progress", "Requests received and not yet answered",
+            "ctxembed_requests_in_progress", "Requests received and not yet answered", ["model"],
             registry=r, multiprocess_mode="livesum",
         )  # fmt: skip
-        self._queue_depth = queue_depth if shared else None
-        if not shared:
-            self._depth.set_function(queue_depth)
-        self.texts = Counter("ctxembed_texts", "Texts embedded", registry=r)
-        self.words = Counter("ctxembed_words", "Word vectors returned", registry=r)
-        self.tokens = Counter("ctxembed_tokens", "Tokens run through the model", registry=r)
-        model = Gauge(
-            "ctxembed_model_info", "The model served (always 1)",
+        self.texts = Counter("ctxembed_texts", "Texts embedded", ["model"], registry=r)
+        self.words = Counter("ctxembed_words", "Word vectors returned", ["model"], registry=r)
+        self.tokens = Counter(
+            "ctxembed_tokens", "Tokens run through the model", ["model"], registry=r
+        )
+        self.model_info = Gauge(
+            "ctxembed_model_info", "The models served (always 1)",
             ["model", "precision", "provider", "version"], registry=r, multiprocess_mode="max",
         )  # fmt: skip
-        model.labels(info.name, info.precision, info.execution_provider, version).set(1)
         self._server: Any = None
+
+    def for_model(self, name: str, info: ModelInfo, queue_depth: Callable[[], int]) -> ModelMetrics:
+        """The recorder of the model served as ``name``."""
+        self.model_info.labels(name, info.precision, info.execution_provider, self.version).set(1)
+        return ModelMetrics(self, name, queue_depth)
 
     def serve(self, host: str, port: int) -> int:
         """Start the /metrics HTTP server; returns its port (0 picks a free one)."""
@@ -105,29 +110,43 @@ class Metrics:
             self._server.shutdown()
             self._server.server_close()
 
+
+class ModelMetrics:
+    """What the servicers and one model's batcher record, labelled with the model's name."""
+
+    def __init__(self, metrics: Metrics, model: str, queue_depth: Callable[[], int]) -> None:
+        self.metrics = metrics
+        self.model = model
+        self.in_progress = metrics.in_progress.labels(model)
+        self._depth = metrics.depth.labels(model)
+        self._queue_depth = queue_depth if metrics.shared else None
+        if not metrics.shared:
+            self._depth.set_function(queue_depth)
+        self._stages = {stage: h.labels(model) for stage, h in metrics.stages.items()}
+
     def _refresh_depth(self) -> None:
         if self._queue_depth is not None:
             self._depth.set(self._queue_depth())
 
     def record_request(self, method: str, code: str, seconds: float) -> None:
-        self.requests.labels(method, code).inc()
-        self.duration.labels(method).observe(seconds)
+        self.metrics.requests.labels(self.model, method, code).inc()
+        self.metrics.duration.labels(self.model, method).observe(seconds)
         self._refresh_depth()
 
     def record_results(self, results: list[WordEmbeddings]) -> None:
-        self.texts.inc(len(results))
-        self.words.inc(sum(len(r.words) for r in results))
+        self.metrics.texts.labels(self.model).inc(len(results))
+        self.metrics.words.labels(self.model).inc(sum(len(r.words) for r in results))
 
     def record_batch(self, requests: int, tokens: int, stage_seconds: dict[str, float]) -> None:
-        self.batch_size.observe(requests)
-        self.batch_tokens.observe(tokens)
-        self.tokens.inc(tokens)
+        self.metrics.batch_size.labels(self.model).observe(requests)
+        self.metrics.batch_tokens.labels(self.model).observe(tokens)
+        self.metrics.tokens.labels(self.model).inc(tokens)
         for stage, seconds in stage_seconds.items():
-            self.stages[stage].observe(seconds)
+            self._stages[stage].observe(seconds)
         self._refresh_depth()
 
     def record_stage(self, stage: str, seconds: float) -> None:
-        self.stages[stage].observe(seconds)
+        self._stages[stage].observe(seconds)
 
 
 class WorkerMetrics:

@@ -9,8 +9,7 @@ and Triton's ModelConfig and ModelStatistics; every other method answers UNIMPLE
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -30,13 +29,12 @@ from ctxembed.inference.wire import (
     requested_outputs,
 )
 from ctxembed.runtime.errors import InvalidInput
-from ctxembed.runtime.stages import WordEmbeddingModel
 from ctxembed.runtime.validation import check_request_size
-from ctxembed.service.batcher import MicroBatcher
 from ctxembed.service.interceptors import Drain
-from ctxembed.service.metrics import Metrics
+from ctxembed.service.registry import ModelRegistry, ServedModel
 from ctxembed.service.servicer import (
     CallObserver,
+    CallRecord,
     Context,
     Malformed,
     answer,
@@ -51,25 +49,15 @@ SERVICE = pb.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 EXTENSIONS = ("model_configuration", "statistics")
 
 
-@dataclass
-class ServedModel:
-    """One model the server serves: its engine and its own batcher."""
-
-    name: str
-    model: WordEmbeddingModel
-    batcher: MicroBatcher
-    metrics: Metrics | None = None
-
-
 def _ns(seconds: float) -> int:
     return int(seconds * 1e9)
 
 
 class InferenceServicer:
     def __init__(
-        self, models: Mapping[str, ServedModel], calls: CallObserver, drain: Drain | None = None
+        self, registry: ModelRegistry, calls: CallObserver, drain: Drain | None = None
     ) -> None:
-        self.models = models
+        self.registry = registry
         self.calls = calls
         self.drain = drain
 
@@ -107,22 +95,26 @@ class InferenceServicer:
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
 
     # -- lookups ------------------------------------------------------------------------------
-    def _served(self, name: str, version: str) -> ServedModel:
-        served = self.models.get(name)
-        if served is None:
-            known = ", ".join(sorted(self.models))
-            raise UnknownModel(f"model {name!r} is not served here; the models are {known}")
+    def _served(self, name: str, version: str, record: CallRecord | None = None) -> ServedModel:
+        """The model a request names (v2 names it always; there is no default here)."""
+        if not name:
+            raise InvalidInput("model_name", "must name a model")
+        served = self.registry.get(name)
         if version not in ("", VERSION):
             raise UnknownModel(f"model {name!r} has only version {VERSION}, not {version!r}")
+        if record is not None:
+            record.metrics = served.metrics
         return served
 
     @property
     def _ready(self) -> bool:
         return self.drain is None or not self.drain.closed
 
-    async def _simple(self, method: str, context: Context, build: Callable[[], Any]) -> Any:
-        async def work() -> tuple[Any, list[Any]]:
-            return build(), []
+    async def _simple(
+        self, method: str, context: Context, build: Callable[[CallRecord], Any]
+    ) -> Any:
+        async def work(record: CallRecord) -> tuple[Any, list[Any]]:
+            return build(record), []
 
         return await answer(self.calls, method, context, work)
 
@@ -137,7 +129,7 @@ class InferenceServicer:
         """Ready when served and not draining; an unknown model is not ready (as Triton)."""
         if isinstance(request, Malformed):
             return pb.ModelReadyResponse(ready=False)
-        known = request.name in self.models and request.version in ("", VERSION)
+        known = request.name in self.registry and request.version in ("", VERSION)
         return pb.ModelReadyResponse(ready=known and self._ready)
 
     async def ServerMetadata(self, request: Any, context: Context) -> pb.ServerMetadataResponse:
@@ -146,8 +138,8 @@ class InferenceServicer:
         )
 
     async def ModelMetadata(self, request: Any, context: Context) -> pb.ModelMetadataResponse:
-        def build() -> pb.ModelMetadataResponse:
-            served = self._served(_checked(request).name, request.version)
+        def build(record: CallRecord) -> pb.ModelMetadataResponse:
+            served = self._served(_checked(request).name, request.version, record)
             dim = served.model.info().dimension
             tensor = pb.ModelMetadataResponse.TensorMetadata
             return pb.ModelMetadataResponse(
@@ -173,8 +165,8 @@ class InferenceServicer:
         """Triton's model configuration: no batch dimension (``max_batch_size: 0``); the
         pre-split inputs are optional."""
 
-        def build() -> pb.ModelConfigResponse:
-            served = self._served(_checked(request).name, request.version)
+        def build(record: CallRecord) -> pb.ModelConfigResponse:
+            served = self._served(_checked(request).name, request.version, record)
             dim = served.model.info().dimension
             return pb.ModelConfigResponse(
                 config=mc.ModelConfig(
@@ -205,9 +197,9 @@ class InferenceServicer:
     async def ModelStatistics(self, request: Any, context: Context) -> pb.ModelStatisticsResponse:
         """Counts and cumulative times per model, from its batcher (both faces' requests)."""
 
-        def build() -> pb.ModelStatisticsResponse:
+        def build(record: CallRecord) -> pb.ModelStatisticsResponse:
             request_ = _checked(request)
-            names = [request_.name] if request_.name else sorted(self.models)
+            names = [request_.name] if request_.name else [m.name for m in self.registry]
             response = pb.ModelStatisticsResponse()
             for name in names:
                 served = self._served(name, request_.version)
@@ -235,21 +227,17 @@ class InferenceServicer:
 
     # -- inference ------------------------------------------------------------------------------
     async def ModelInfer(self, request: Any, context: Context) -> pb.ModelInferResponse:
-        async def work() -> tuple[pb.ModelInferResponse, list[Any]]:
+        async def work(record: CallRecord) -> tuple[pb.ModelInferResponse, list[Any]]:
             request_ = _checked(request)
-            served = self._served(request_.model_name, request_.model_version)
+            served = self._served(request_.model_name, request_.model_version, record)
             call = decode_infer_request(request_)
             check_request_size(len(call.inputs), served.model.limits)
             wanted = requested_outputs(request_, call.options)
-            return await run_batched(
-                served.batcher,
-                served.metrics,
-                call,
-                context,
-                lambda results: infer_response(
-                    request_, served.name, results, call.options, wanted
-                ),
-            )
+
+            def build(results: list[Any]) -> pb.ModelInferResponse:
+                return infer_response(request_, served.name, results, call.options, wanted)
+
+            return await run_batched(served, call, context, build)
 
         return await answer(self.calls, "ModelInfer", context, work)
 

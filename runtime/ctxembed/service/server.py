@@ -7,8 +7,9 @@ import json
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -24,9 +25,10 @@ from ctxembed.service.event_loop import running_loop_name
 from ctxembed.service.interceptors import Drain
 from ctxembed.service.metrics import Metrics
 from ctxembed.service.open_inference import SERVICE as INFERENCE_SERVICE
-from ctxembed.service.open_inference import InferenceServicer, ServedModel
+from ctxembed.service.open_inference import InferenceServicer
+from ctxembed.service.registry import ModelRegistry, ServedModel
 from ctxembed.service.servicer import WordEmbedderServicer, server_version
-from ctxembed.service.settings import ServeError, ServerSettings, host_port
+from ctxembed.service.settings import ServeError, ServerSettings, host_port, with_setting
 from ctxembed.v1 import embedder_pb2 as pb
 
 log = logging.getLogger("ctxembed.service")
@@ -39,17 +41,25 @@ DRAIN_QUIET_S = 0.25  # after the last call in progress, before grpc's stop
 class RunningServer:
     server: grpc.aio.Server
     health: HealthServicer
-    batcher: MicroBatcher
-    model: WordEmbeddingModel
+    registry: ModelRegistry
     port: int
     address: str
-    owns_model: bool = False  # loaded by start_server, so closed by shutdown
     auth: TokenAuth | None = None
     health_server: grpc.aio.Server | None = None  # --health-port: health alone, plaintext
     health_port: int | None = None
     metrics: Metrics | None = None
     metrics_port: int | None = None
     drain: Drain | None = None
+
+    @property
+    def model(self) -> WordEmbeddingModel:
+        """The default model (the first)."""
+        return self.registry.default.model
+
+    @property
+    def batcher(self) -> MicroBatcher:
+        """The default model's batcher."""
+        return self.registry.default.batcher
 
     async def shutdown(self, grace_s: float) -> None:
         """NOT_SERVING first; then new calls get UNAVAILABLE while the calls in progress finish
@@ -68,9 +78,10 @@ class RunningServer:
             await self.health_server.stop(None)
         if self.metrics is not None:
             self.metrics.close()
-        await self.batcher.close()
-        if self.owns_model:
-            self.model.close()
+        for served in self.registry:
+            await served.batcher.close()
+            if served.owned:
+                served.model.close()
 
 
 def channel_options(settings: ServerSettings) -> list[tuple[str, int]]:
@@ -84,24 +95,80 @@ def channel_options(settings: ServerSettings) -> list[tuple[str, int]]:
     ]
 
 
-async def start_server(
-    settings: ServerSettings, model: WordEmbeddingModel | None = None
-) -> RunningServer:
-    """Start serving ``model``, or the model folder of ``settings`` (then owned and closed)."""
-    owns_model = model is None
-    if model is None:
-        if settings.model_dir is None:
-            raise ServeError("no model: pass --model-dir")
-        model = WordEmbedder.load(settings.model_dir, settings=settings.engine)
-    # The batcher refuses, before computing it, a response larger than the server may send.
-    batcher_settings = replace(settings.batcher, max_response_bytes=settings.max_send_mb * MiB)
-    batcher = MicroBatcher(model, batcher_settings)
+Models = WordEmbeddingModel | Mapping[str, WordEmbeddingModel]
+
+
+def _load_models(settings: ServerSettings, given: Models | None) -> list[ServedModel]:
+    """The models to serve, in order (the first is the default), each with its own engine
+    settings: the cores split between several unless set, then its --model-setting values."""
+    if isinstance(given, Mapping):
+        specs: list[tuple[str | None, WordEmbeddingModel | None, Path | None]] = [
+            (name, model, None) for name, model in given.items()
+        ]
+    elif given is not None:
+        specs = [(None, given, None)]
+    elif settings.models:
+        specs = [(m.name, None, m.model_dir) for m in settings.models]
+    elif settings.model_dir is not None:
+        specs = [(None, None, settings.model_dir)]
+    else:
+        raise ServeError("no model: pass --model-dir DIR, or --model NAME=DIR (repeatable)")
+    names = {name for name, _, _ in specs}
+    for item in settings.model_settings:
+        if item.model not in names:
+            known = ", ".join(sorted(n for n in names if n)) or "none named: use --model NAME=DIR"
+            raise ServeError(f"--model-setting {item.model}.{item.setting}: no model {item.model!r}"
+                             f" ({known})")  # fmt: skip
+    share = max(1, cpu_budget().cores // len(specs))
+    served: list[ServedModel] = []
+    try:
+        for name, model, folder in specs:
+            engine, batcher = settings.engine, settings.batcher
+            if len(specs) > 1:  # several models share the cores unless told otherwise
+                engine = replace(
+                    engine,
+                    threads=engine.threads or share,
+                    parallel_runs=engine.parallel_runs or share,
+                )
+            for item in settings.model_settings:
+                if item.model == name and item.path[0] == "engine":
+                    engine = with_setting(engine, item.path[1:], item.value)
+                elif item.model == name and item.path[0] == "batcher":
+                    batcher = with_setting(batcher, item.path[1:], item.value)
+            owned = model is None
+            if model is None:
+                assert folder is not None
+                model = WordEmbedder.load(folder, settings=engine)
+            # The batcher refuses, before computing it, a response larger than may be sent.
+            limit = replace(batcher, max_response_bytes=settings.max_send_mb * MiB)
+            served.append(
+                ServedModel(
+                    name or model.info().name, model, MicroBatcher(model, limit), None, owned
+                )
+            )
+    except BaseException:
+        for s in served:
+            if s.owned:
+                s.model.close()
+        raise
+    return served
+
+
+def _queue_depth(batcher: MicroBatcher) -> Callable[[], int]:
+    return lambda: batcher.queued
+
+
+async def start_server(settings: ServerSettings, model: Models | None = None) -> RunningServer:
+    """Start serving ``model`` (one, or several by name), or the model folders of ``settings``
+    (then owned and closed)."""
+    registry = ModelRegistry(_load_models(settings, model))
     metrics = None
     if settings.metrics_port is not None or settings.metrics_shared:
-        metrics = Metrics(
-            model.info(), server_version(), lambda: batcher.queued, settings.metrics_shared
-        )
-        batcher.metrics = metrics
+        metrics = Metrics(server_version(), settings.metrics_shared)
+        for served in registry:
+            depth = _queue_depth(served.batcher)
+            served.metrics = metrics.for_model(served.name, served.model.info(), depth)
+            served.batcher.metrics = served.metrics
     auth = None
     if settings.auth_token_file is not None:
         auth = TokenAuth(settings.auth_token_file, settings.open_reflection)
@@ -109,10 +176,9 @@ async def start_server(
     server = grpc.aio.server(
         options=channel_options(settings), interceptors=[drain, *([auth] if auth else [])]
     )
-    v1 = WordEmbedderServicer(model, batcher, metrics, settings.access_log)
+    v1 = WordEmbedderServicer(registry, settings.access_log)
     v1.add_to_server(server)
-    served = ServedModel(model.info().name, model, batcher, metrics)
-    InferenceServicer({served.name: served}, v1.calls, drain).add_to_server(server)
+    InferenceServicer(registry, v1.calls, drain).add_to_server(server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     health_server = None
@@ -127,6 +193,12 @@ async def start_server(
     )
     address = host_port(settings.host, settings.port)
     health_port = None
+
+    def close_models() -> None:
+        for served in registry:
+            if served.owned:
+                served.model.close()
+
     try:
         creds = _server_credentials(settings)
         if creds is not None:
@@ -141,33 +213,31 @@ async def start_server(
             health_port = health_server.add_insecure_port(where)
     except (RuntimeError, OSError) as exc:
         # so_reuseport is off: a port already in use fails here instead of being shared.
-        if owns_model:
-            model.close()
+        close_models()
         raise ServeError(f"cannot listen on {address}: {exc}") from None
     metrics_port = None
     if metrics is not None and not settings.metrics_shared:
         try:
             metrics_port = metrics.serve(settings.metrics_host, settings.metrics_port or 0)
         except OSError as exc:
-            if owns_model:
-                model.close()
+            close_models()
             where = f"{settings.metrics_host}:{settings.metrics_port}"
             raise ServeError(f"cannot serve metrics on {where}: {exc}") from None
-    batcher.start()
+    for served in registry:
+        served.batcher.start()
     await server.start()
     if health_server is not None:
         await health_server.start()
-    for service in ("", SERVICE_NAME):
+    # The overall service, ctxembed.v1's, and one per model ("ctxembed.v1.WordEmbedder/NAME").
+    for service in ("", SERVICE_NAME, *(f"{SERVICE_NAME}/{m.name}" for m in registry)):
         await health.set(service, health_pb2.HealthCheckResponse.SERVING)
     address = host_port(settings.host, port)
     return RunningServer(
         server,
         health,
-        batcher,
-        model,
+        registry,
         port,
         address,
-        owns_model,
         auth,
         health_server,
         health_port,
@@ -200,20 +270,21 @@ async def serve(
     running = await start_server(settings)
     if on_ready is not None:
         on_ready(running)
-    info = running.model.info()
+    loop_name = running_loop_name()
+    served = " and ".join(
+        f"{m.name} ({i.precision}, {i.execution_provider}, {i.threads} threads,"
+        f" {i.parallel_runs} parallel runs, {loop_name})"
+        for m in running.registry
+        for i in (m.model.info(),)
+    )
     extras = f"; {budget.cores} cores by {budget.source}"
     if running.metrics_port is not None:
         extras += f", metrics on http://{settings.metrics_host}:{running.metrics_port}/metrics"
     if running.health_port is not None:
         extras += f", plaintext health on {host_port(settings.host, running.health_port)}"
     log.info(
-        "ctxembed serving %s (%s, %s, %d threads, %d parallel runs, %s) on %s, ready in %.2f s%s",
-        info.name,
-        info.precision,
-        info.execution_provider,
-        info.threads,
-        info.parallel_runs,
-        running_loop_name(),
+        "ctxembed serving %s on %s, ready in %.2f s%s",
+        served,
         running.address,
         time.perf_counter() - started,
         extras,

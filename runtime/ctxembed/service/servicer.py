@@ -7,7 +7,7 @@ import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from importlib import metadata
 from typing import Any, TypeVar
 
@@ -15,11 +15,10 @@ import grpc
 from google.rpc import status_pb2
 
 from ctxembed.runtime.errors import InvalidInput
-from ctxembed.runtime.stages import WordEmbeddingModel
 from ctxembed.runtime.types import WordEmbeddings
 from ctxembed.runtime.validation import check_request_size
-from ctxembed.service.batcher import MicroBatcher
-from ctxembed.service.metrics import Metrics
+from ctxembed.service.metrics import ModelMetrics
+from ctxembed.service.registry import ModelRegistry, ServedModel
 from ctxembed.service.status import plain, status_for
 from ctxembed.v1 import embedder_pb2 as pb
 from ctxembed.v1 import embedder_pb2_grpc as pb_grpc
@@ -91,12 +90,23 @@ def _checked(request: Any) -> pb.EmbedRequest:
     return request  # type: ignore[no-any-return]
 
 
+@dataclass
+class CallRecord:
+    """What a call's observation needs to know once the request is read: its model's metrics
+    (the default model's until then, e.g. for a request that names an unknown model)."""
+
+    metrics: ModelMetrics | None
+
+
 class CallObserver:
     """Metrics and the access log line of each call (or stream message), for every face."""
 
-    def __init__(self, metrics: Metrics | None, access_log: bool) -> None:
-        self.metrics = metrics
+    def __init__(self, registry: ModelRegistry, access_log: bool) -> None:
+        self.registry = registry
         self.access_log = access_log
+
+    def record(self) -> CallRecord:
+        return CallRecord(self.registry.default.metrics)
 
     def observe(
         self,
@@ -105,12 +115,13 @@ class CallObserver:
         started: float,
         results: list[WordEmbeddings],
         context: Context,
+        record: CallRecord,
     ) -> None:
         seconds = time.perf_counter() - started
-        if self.metrics is not None:
-            self.metrics.record_request(method, code.name, seconds)
+        if record.metrics is not None:
+            record.metrics.record_request(method, code.name, seconds)
             if results:
-                self.metrics.record_results(results)
+                record.metrics.record_results(results)
         if self.access_log:
             access.info(
                 "%s peer=%s code=%s ms=%.2f texts=%d tokens=%d",
@@ -139,14 +150,14 @@ Response = TypeVar("Response")
 
 
 async def run_batched(
-    batcher: MicroBatcher,
-    metrics: Metrics | None,
+    served: ServedModel,
     call: DecodedRequest,
     context: Context,
     build: Callable[[list[WordEmbeddings]], Response],
 ) -> tuple[Response, list[WordEmbeddings]]:
-    """Queue a decoded request, wait for its results and build the response (timed as the
-    serialize stage): what every face of the service does with a request."""
+    """Queue a decoded request on its model's batcher, wait for its results and build the
+    response (timed as the serialize stage): what every face of the service does."""
+    batcher, metrics = served.batcher, served.metrics
     if metrics is None:
         results = await batcher.submit(call, context.time_remaining())
     else:
@@ -161,42 +172,41 @@ async def run_batched(
     return response, results
 
 
+Work = Callable[[CallRecord], Awaitable[tuple[Response, list[WordEmbeddings]]]]
+
+
 async def answer(
-    calls: CallObserver,
-    method: str,
-    context: Context,
-    work: Callable[[], Awaitable[tuple[Response, list[WordEmbeddings]]]],
+    calls: CallObserver, method: str, context: Context, work: Work[Response]
 ) -> Response:
-    """Run one unary call: its status from what ``work`` raises, observed either way."""
+    """Run one unary call: its status from what ``work`` raises, observed either way (under
+    the model ``work`` puts in the record)."""
     started = time.perf_counter()
+    record = calls.record()
     try:
-        response, results = await work()
+        response, results = await work(record)
     except asyncio.CancelledError:
-        calls.observe(method, grpc.StatusCode.CANCELLED, started, [], context)
+        calls.observe(method, grpc.StatusCode.CANCELLED, started, [], context, record)
         raise
     except Exception as exc:
         status = call_status(exc)
-        calls.observe(method, status.code, started, [], context)
+        calls.observe(method, status.code, started, [], context, record)
         await context.abort_with_status(status)  # type: ignore[attr-defined]
         raise AssertionError("unreachable: abort raises") from exc
-    calls.observe(method, grpc.StatusCode.OK, started, results, context)
+    calls.observe(method, grpc.StatusCode.OK, started, results, context, record)
     return response
 
 
 class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
-    def __init__(
-        self,
-        model: WordEmbeddingModel,
-        batcher: MicroBatcher,
-        metrics: Metrics | None = None,
-        access_log: bool = False,
-    ) -> None:
-        self.model = model
-        self.batcher = batcher
-        self.limits = model.limits
-        self.metrics = metrics
-        self.calls = CallObserver(metrics, access_log)
-        self._info = info_to_pb(replace(model.info(), server_version=server_version()))
+    def __init__(self, registry: ModelRegistry, access_log: bool = False) -> None:
+        self.registry = registry
+        self.calls = CallObserver(registry, access_log)
+        # model_name is the name a model is served under (its folder's unless --model NAME=DIR)
+        self._info = {
+            served.name: info_to_pb(
+                replace(served.model.info(), name=served.name, server_version=server_version())
+            )
+            for served in registry
+        }
 
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Register the methods with decoders that never raise (see ``Malformed``)."""
@@ -216,27 +226,36 @@ class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
                 request_deserializer=safe_parse(pb.GetModelInfoRequest),
                 response_serializer=pb.ModelInfo.SerializeToString,
             ),
+            "ListModels": grpc.unary_unary_rpc_method_handler(
+                self.ListModels,
+                request_deserializer=safe_parse(pb.ListModelsRequest),
+                response_serializer=pb.ListModelsResponse.SerializeToString,
+            ),
         }
         name = pb.DESCRIPTOR.services_by_name["WordEmbedder"].full_name
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
 
     async def _embed(
-        self, request: pb.EmbedRequest, context: Context
+        self, request: pb.EmbedRequest, context: Context, record: CallRecord
     ) -> tuple[pb.EmbedResponse, list[WordEmbeddings]]:
         request = _checked(request)
-        check_request_size(len(request.inputs), self.limits)
+        served = self.registry.get(request.model)
+        record.metrics = served.metrics
+        check_request_size(len(request.inputs), served.model.limits)
         call = call_from_request(request)
-        return await run_batched(self.batcher, self.metrics, call, context, response_from_results)
+        return await run_batched(served, call, context, response_from_results)
 
     async def Embed(self, request: pb.EmbedRequest, context: Context) -> pb.EmbedResponse:
-        return await answer(self.calls, "Embed", context, lambda: self._embed(request, context))
+        return await answer(
+            self.calls, "Embed", context, lambda record: self._embed(request, context, record)
+        )
 
     async def EmbedStream(
         self, request_iterator: AsyncIterator[pb.EmbedRequest], context: Context
     ) -> AsyncIterator[pb.EmbedResponse]:
         """One response per request, in order. A request that fails gets a response carrying
         its status in ``error``, and the stream goes on (bulk work survives one bad item)."""
-        Item = tuple[float, asyncio.Task[tuple[pb.EmbedResponse, list[WordEmbeddings]]]]
+        Item = tuple[float, CallRecord, asyncio.Task[tuple[pb.EmbedResponse, list[WordEmbeddings]]]]
         # Unbounded so that the end marker always fits; the window bounds what is in flight.
         pending: asyncio.Queue[Item | None] = asyncio.Queue()
         window = asyncio.Semaphore(STREAM_WINDOW)
@@ -245,11 +264,12 @@ class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
             try:
                 async for request in request_iterator:
                     await window.acquire()
-                    task = asyncio.ensure_future(self._embed(request, context))
+                    record = self.calls.record()
+                    task = asyncio.ensure_future(self._embed(request, context, record))
                     # A client that goes away leaves tasks nobody awaits: their outcome is
                     # retrieved here, so none is logged as "never retrieved".
                     task.add_done_callback(_consume)
-                    pending.put_nowait((time.perf_counter(), task))
+                    pending.put_nowait((time.perf_counter(), record, task))
             finally:
                 pending.put_nowait(None)  # also when the reader fails: the stream must end
 
@@ -258,17 +278,18 @@ class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
         index = 0
         try:
             while (item := await pending.get()) is not None:
-                started, task = item
+                started, record, task = item
                 try:
                     response, results = await task
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
                     status = call_status(exc, f"stream request {index}: ")
-                    self.calls.observe("EmbedStream", status.code, started, [], context)
+                    self.calls.observe("EmbedStream", status.code, started, [], context, record)
                     yield pb.EmbedResponse(error=_rpc_status(status))
                 else:
-                    self.calls.observe("EmbedStream", grpc.StatusCode.OK, started, results, context)
+                    code = grpc.StatusCode.OK
+                    self.calls.observe("EmbedStream", code, started, results, context, record)
                     yield response
                 finally:
                     window.release()
@@ -282,13 +303,27 @@ class WordEmbedderServicer(pb_grpc.WordEmbedderServicer):
             while not pending.empty():
                 leftover = pending.get_nowait()
                 if leftover is not None:
-                    leftover[1].cancel()
+                    leftover[2].cancel()
 
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: Context) -> pb.ModelInfo:
-        started = time.perf_counter()
-        if isinstance(request, Malformed):
-            status = call_status(InvalidInput("request", f"cannot be decoded: {request.error}"))
-            self.calls.observe("GetModelInfo", status.code, started, [], context)
-            await context.abort_with_status(status)  # type: ignore[attr-defined]
-        self.calls.observe("GetModelInfo", grpc.StatusCode.OK, started, [], context)
-        return self._info
+        async def work(record: CallRecord) -> tuple[pb.ModelInfo, list[WordEmbeddings]]:
+            if isinstance(request, Malformed):
+                raise InvalidInput("request", f"cannot be decoded: {request.error}")
+            served = self.registry.get(request.model)
+            record.metrics = served.metrics
+            return self._info[served.name], []
+
+        return await answer(self.calls, "GetModelInfo", context, work)
+
+    async def ListModels(
+        self, request: pb.ListModelsRequest, context: Context
+    ) -> pb.ListModelsResponse:
+        async def work(record: CallRecord) -> tuple[pb.ListModelsResponse, list[WordEmbeddings]]:
+            if isinstance(request, Malformed):
+                raise InvalidInput("request", f"cannot be decoded: {request.error}")
+            models = [self._info[served.name] for served in self.registry]
+            return pb.ListModelsResponse(
+                models=models, default_model=self.registry.default.name
+            ), []
+
+        return await answer(self.calls, "ListModels", context, work)

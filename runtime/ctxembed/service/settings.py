@@ -6,9 +6,10 @@ Kept apart from the server so that building the CLI's parser imports no engine.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass, field, fields, is_dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from ctxembed.runtime.errors import CtxembedError
 from ctxembed.runtime.flag import flag
@@ -70,14 +71,70 @@ class ServeError(CtxembedError):
     """The server cannot start (address in use, unreadable TLS files)."""
 
 
+MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+@dataclass(frozen=True)
+class NamedModel:
+    """``--model NAME=DIR``: a model folder served under a name of the operator's choosing."""
+
+    name: str
+    model_dir: Path
+
+    @classmethod
+    def parse(cls, text: str) -> NamedModel:
+        name, sep, folder = text.partition("=")
+        if not sep or not folder:
+            raise ValueError(f"expected NAME=DIR, got {text!r}")
+        if not MODEL_NAME.fullmatch(name):
+            raise ValueError(
+                f"model name {name!r}: letters, digits, '_', '.', '-', starting with a letter or"
+                " digit"
+            )
+        return cls(name, Path(folder))
+
+
+@dataclass(frozen=True)
+class ModelSetting:
+    """``--model-setting NAME.SETTING=VALUE``: one model's engine or batcher setting. The CLI
+    checks SETTING and converts VALUE with that setting's own flag (``path`` is then the field's
+    path in ``ServerSettings``, e.g. ("engine", "limits", "max_inputs_per_request"))."""
+
+    model: str
+    setting: str
+    value: Any
+    path: tuple[str, ...] = ()
+
+    @classmethod
+    def parse(cls, text: str) -> ModelSetting:
+        key, sep, value = text.partition("=")
+        model, dot, setting = key.partition(".")
+        if not sep or not dot or not model or not setting:
+            raise ValueError(f"expected NAME.SETTING=VALUE, got {text!r}")
+        return cls(model, setting.replace("-", "_"), value)
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """Everything ``ctxembed serve`` configures: its flags are generated from these fields."""
 
     model_dir: Path | None = field(
-        default=None,  # None only when start_server is given a model
-        metadata=flag("folder from `ctxembed export`", type=Path, required=True),
-    )
+        default=None,  # None when --model is given, or start_server is given models
+        metadata=flag("folder from `ctxembed export`, served under its manifest's name (or use"
+                      " --model)", type=Path),
+    )  # fmt: skip
+    models: tuple[NamedModel, ...] = field(
+        default=(),
+        metadata=flag("NAME=DIR: serve this folder as NAME; repeat for several models (the first"
+                      " is the default); the variable takes a=DIR1,b=DIR2", name="--model",
+                      kind="append", type=NamedModel.parse),
+    )  # fmt: skip
+    model_settings: tuple[ModelSetting, ...] = field(
+        default=(),
+        metadata=flag("NAME.SETTING=VALUE: one model's engine or batcher setting, e.g."
+                      " small.max_inputs_per_request=64 or big.threads=1 (repeatable)",
+                      name="--model-setting", kind="append", type=ModelSetting.parse),
+    )  # fmt: skip
     host: str = field(
         default="127.0.0.1", metadata=flag("bind address ([::] or :: for every IPv6 one)")
     )
@@ -148,6 +205,8 @@ class ServerSettings:
     reuse_port: bool = False
 
     def __post_init__(self) -> None:
+        if self.model_dir is not None and self.models:
+            raise ServeError("pass --model-dir for one model or --model NAME=DIR, not both")
         if self.max_receive_mb < 1 or self.max_send_mb < 1:
             raise ServeError("max_receive_mb and max_send_mb must be at least 1")
         if (self.tls_cert is None) != (self.tls_key is None):
@@ -176,3 +235,22 @@ class ProcessSettings:
     log_format: Literal["text", "json"] = field(
         default="text", metadata=flag("text, or one JSON object per line", choices=LOG_FORMATS)
     )
+
+
+def with_setting(obj: Any, path: tuple[str, ...], value: Any) -> Any:
+    """``obj`` (nested frozen dataclasses) with the field at ``path`` set to ``value``."""
+    head, *rest = path
+    inner = with_setting(getattr(obj, head), tuple(rest), value) if rest else value
+    return replace(obj, **{head: inner})
+
+
+def setting_paths(root: Any, prefix: tuple[str, ...] = ()) -> dict[str, tuple[str, ...]]:
+    """Field name -> path of every leaf field under ``root`` (nested settings walked)."""
+    found: dict[str, tuple[str, ...]] = {}
+    for f in fields(root):
+        value = getattr(root, f.name)
+        if is_dataclass(value) and not isinstance(value, type):
+            found |= setting_paths(value, (*prefix, f.name))
+        else:
+            found[f.name] = (*prefix, f.name)
+    return found

@@ -25,43 +25,47 @@ _sym_db = _symbol_database.Default()
 from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63txembed/v1/embedder.proto\x12\x0b\x63txembed.v1\x1a\x17google/rpc/status.proto\"\xed\x01\n\x0c\x45mbedRequest\x12&\n\x06inputs\x18\x01 \x03(\x0b\x32\x16.ctxembed.v1.TextInput\x12%\n\x07pooling\x18\x02 \x01(\x0e\x32\x14.ctxembed.v1.Pooling\x12\x0e\n\x06layers\x18\x03 \x03(\x05\x12\x30\n\rlayer_combine\x18\x04 \x01(\x0e\x32\x19.ctxembed.v1.LayerCombine\x12!\n\x05\x64type\x18\x05 \x01(\x0e\x32\x12.ctxembed.v1.DType\x12\x11\n\tnormalize\x18\x06 \x01(\x08\x12\x16\n\x0einclude_tokens\x18\x07 \x01(\x08\"\x91\x01\n\tTextInput\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12&\n\x05words\x18\x02 \x01(\x0b\x32\x15.ctxembed.v1.WordListH\x00\x12\x14\n\x0cselect_words\x18\x03 \x03(\t\x12+\n\x0cselect_spans\x18\x04 \x03(\x0b\x32\x15.ctxembed.v1.CharSpanB\t\n\x07\x63ontent\"\x19\n\x08WordList\x12\r\n\x05words\x18\x01 \x03(\t\"&\n\x08\x43harSpan\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0b\n\x03\x65nd\x18\x02 \x01(\r\"`\n\rEmbedResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.ctxembed.v1.TextEmbeddings\x12!\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\"\x81\x01\n\x0eTextEmbeddings\x12 \n\x05words\x18\x01 \x03(\x0b\x32\x11.ctxembed.v1.Word\x12$\n\x07vectors\x18\x02 \x01(\x0b\x32\x13.ctxembed.v1.Tensor\x12\x12\n\nnum_tokens\x18\x03 \x01(\r\x12\x13\n\x0bnum_windows\x18\x04 \x01(\r\"c\n\x04Word\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\r\x12\x0b\n\x03\x65nd\x18\x03 \x01(\r\x12\r\n\x05index\x18\x04 \x01(\r\x12\"\n\x06tokens\x18\x05 \x03(\x0b\x32\x12.ctxembed.v1.Token\">\n\x05Token\x12\r\n\x05piece\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\r\x12\r\n\x05start\x18\x03 \x01(\r\x12\x0b\n\x03\x65nd\x18\x04 \x01(\r\"H\n\x06Tensor\x12!\n\x05\x64type\x18\x01 \x01(\x0e\x32\x12.ctxembed.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\x15\n\x13GetModelInfoRequest\"\x9e\x03\n\tModelInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x14\n\x0csource_model\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x11\n\tdimension\x18\x04 \x01(\r\x12\x12\n\nnum_layers\x18\x05 \x01(\r\x12\x18\n\x10layers_available\x18\x06 \x03(\x05\x12\x1d\n\x15max_tokens_per_window\x18\x07 \x01(\r\x12\x11\n\tprecision\x18\x08 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\t \x01(\t\x12\x16\n\x0eserver_version\x18\n \x01(\t\x12\x1b\n\x13onnxruntime_version\x18\x0b \x01(\t\x12\x11\n\tlowercase\x18\x0c \x01(\x08\x12#\n\x06limits\x18\r \x01(\x0b\x32\x13.ctxembed.v1.Limits\x12\x12\n\nmodel_type\x18\x0e \x01(\t\x12\x0f\n\x07threads\x18\x0f \x01(\r\x12\x15\n\rparallel_runs\x18\x10 \x01(\r\x12\x19\n\x11word_segmentation\x18\x11 \x01(\t\"\xb6\x01\n\x06Limits\x12\x1e\n\x16max_inputs_per_request\x18\x01 \x01(\r\x12\x1a\n\x12max_chars_per_text\x18\x02 \x01(\r\x12\x1a\n\x12max_words_per_text\x18\x03 \x01(\r\x12\x1a\n\x12max_spans_per_text\x18\x04 \x01(\r\x12\x18\n\x10max_select_words\x18\x05 \x01(\r\x12\x1e\n\x16max_tokens_per_request\x18\x06 \x01(\r*Z\n\x07Pooling\x12\x17\n\x13POOLING_UNSPECIFIED\x10\x00\x12\x08\n\x04MEAN\x10\x01\x12\t\n\x05\x46IRST\x10\x02\x12\x08\n\x04LAST\x10\x03\x12\x0e\n\nFIRST_LAST\x10\x04\x12\x07\n\x03MAX\x10\x05*O\n\x0cLayerCombine\x12\x1d\n\x19LAYER_COMBINE_UNSPECIFIED\x10\x00\x12\x0e\n\nLAYER_MEAN\x10\x01\x12\x10\n\x0cLAYER_CONCAT\x10\x02*8\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x32\xe2\x01\n\x0cWordEmbedder\x12>\n\x05\x45mbed\x12\x19.ctxembed.v1.EmbedRequest\x1a\x1a.ctxembed.v1.EmbedResponse\x12H\n\x0b\x45mbedStream\x12\x19.ctxembed.v1.EmbedRequest\x1a\x1a.ctxembed.v1.EmbedResponse(\x01\x30\x01\x12H\n\x0cGetModelInfo\x12 .ctxembed.v1.GetModelInfoRequest\x1a\x16.ctxembed.v1.ModelInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x63txembed/v1/embedder.proto\x12\x0b\x63txembed.v1\x1a\x17google/rpc/status.proto\"\xfc\x01\n\x0c\x45mbedRequest\x12&\n\x06inputs\x18\x01 \x03(\x0b\x32\x16.ctxembed.v1.TextInput\x12%\n\x07pooling\x18\x02 \x01(\x0e\x32\x14.ctxembed.v1.Pooling\x12\x0e\n\x06layers\x18\x03 \x03(\x05\x12\x30\n\rlayer_combine\x18\x04 \x01(\x0e\x32\x19.ctxembed.v1.LayerCombine\x12!\n\x05\x64type\x18\x05 \x01(\x0e\x32\x12.ctxembed.v1.DType\x12\x11\n\tnormalize\x18\x06 \x01(\x08\x12\x16\n\x0einclude_tokens\x18\x07 \x01(\x08\x12\r\n\x05model\x18\x08 \x01(\t\"\x91\x01\n\tTextInput\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12&\n\x05words\x18\x02 \x01(\x0b\x32\x15.ctxembed.v1.WordListH\x00\x12\x14\n\x0cselect_words\x18\x03 \x03(\t\x12+\n\x0cselect_spans\x18\x04 \x03(\x0b\x32\x15.ctxembed.v1.CharSpanB\t\n\x07\x63ontent\"\x19\n\x08WordList\x12\r\n\x05words\x18\x01 \x03(\t\"&\n\x08\x43harSpan\x12\r\n\x05start\x18\x01 \x01(\r\x12\x0b\n\x03\x65nd\x18\x02 \x01(\r\"`\n\rEmbedResponse\x12,\n\x07results\x18\x01 \x03(\x0b\x32\x1b.ctxembed.v1.TextEmbeddings\x12!\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x12.google.rpc.Status\"\x81\x01\n\x0eTextEmbeddings\x12 \n\x05words\x18\x01 \x03(\x0b\x32\x11.ctxembed.v1.Word\x12$\n\x07vectors\x18\x02 \x01(\x0b\x32\x13.ctxembed.v1.Tensor\x12\x12\n\nnum_tokens\x18\x03 \x01(\r\x12\x13\n\x0bnum_windows\x18\x04 \x01(\r\"c\n\x04Word\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05start\x18\x02 \x01(\r\x12\x0b\n\x03\x65nd\x18\x03 \x01(\r\x12\r\n\x05index\x18\x04 \x01(\r\x12\"\n\x06tokens\x18\x05 \x03(\x0b\x32\x12.ctxembed.v1.Token\">\n\x05Token\x12\r\n\x05piece\x18\x01 \x01(\t\x12\n\n\x02id\x18\x02 \x01(\r\x12\r\n\x05start\x18\x03 \x01(\r\x12\x0b\n\x03\x65nd\x18\x04 \x01(\r\"H\n\x06Tensor\x12!\n\x05\x64type\x18\x01 \x01(\x0e\x32\x12.ctxembed.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\r\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"$\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\x13\n\x11ListModelsRequest\"S\n\x12ListModelsResponse\x12&\n\x06models\x18\x01 \x03(\x0b\x32\x16.ctxembed.v1.ModelInfo\x12\x15\n\rdefault_model\x18\x02 \x01(\t\"\x9e\x03\n\tModelInfo\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x14\n\x0csource_model\x18\x02 \x01(\t\x12\x14\n\x0c\x61rchitecture\x18\x03 \x01(\t\x12\x11\n\tdimension\x18\x04 \x01(\r\x12\x12\n\nnum_layers\x18\x05 \x01(\r\x12\x18\n\x10layers_available\x18\x06 \x03(\x05\x12\x1d\n\x15max_tokens_per_window\x18\x07 \x01(\r\x12\x11\n\tprecision\x18\x08 \x01(\t\x12\x1a\n\x12\x65xecution_provider\x18\t \x01(\t\x12\x16\n\x0eserver_version\x18\n \x01(\t\x12\x1b\n\x13onnxruntime_version\x18\x0b \x01(\t\x12\x11\n\tlowercase\x18\x0c \x01(\x08\x12#\n\x06limits\x18\r \x01(\x0b\x32\x13.ctxembed.v1.Limits\x12\x12\n\nmodel_type\x18\x0e \x01(\t\x12\x0f\n\x07threads\x18\x0f \x01(\r\x12\x15\n\rparallel_runs\x18\x10 \x01(\r\x12\x19\n\x11word_segmentation\x18\x11 \x01(\t\"\xb6\x01\n\x06Limits\x12\x1e\n\x16max_inputs_per_request\x18\x01 \x01(\r\x12\x1a\n\x12max_chars_per_text\x18\x02 \x01(\r\x12\x1a\n\x12max_words_per_text\x18\x03 \x01(\r\x12\x1a\n\x12max_spans_per_text\x18\x04 \x01(\r\x12\x18\n\x10max_select_words\x18\x05 \x01(\r\x12\x1e\n\x16max_tokens_per_request\x18\x06 \x01(\r*Z\n\x07Pooling\x12\x17\n\x13POOLING_UNSPECIFIED\x10\x00\x12\x08\n\x04MEAN\x10\x01\x12\t\n\x05\x46IRST\x10\x02\x12\x08\n\x04LAST\x10\x03\x12\x0e\n\nFIRST_LAST\x10\x04\x12\x07\n\x03MAX\x10\x05*O\n\x0cLayerCombine\x12\x1d\n\x19LAYER_COMBINE_UNSPECIFIED\x10\x00\x12\x0e\n\nLAYER_MEAN\x10\x01\x12\x10\n\x0cLAYER_CONCAT\x10\x02*8\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x32\xb1\x02\n\x0cWordEmbedder\x12>\n\x05\x45mbed\x12\x19.ctxembed.v1.EmbedRequest\x1a\x1a.ctxembed.v1.EmbedResponse\x12H\n\x0b\x45mbedStream\x12\x19.ctxembed.v1.EmbedRequest\x1a\x1a.ctxembed.v1.EmbedResponse(\x01\x30\x01\x12H\n\x0cGetModelInfo\x12 .ctxembed.v1.GetModelInfoRequest\x1a\x16.ctxembed.v1.ModelInfo\x12M\n\nListModels\x12\x1e.ctxembed.v1.ListModelsRequest\x1a\x1f.ctxembed.v1.ListModelsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'ctxembed.v1.embedder_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_POOLING']._serialized_start=1617
-  _globals['_POOLING']._serialized_end=1707
-  _globals['_LAYERCOMBINE']._serialized_start=1709
-  _globals['_LAYERCOMBINE']._serialized_end=1788
-  _globals['_DTYPE']._serialized_start=1790
-  _globals['_DTYPE']._serialized_end=1846
+  _globals['_POOLING']._serialized_start=1753
+  _globals['_POOLING']._serialized_end=1843
+  _globals['_LAYERCOMBINE']._serialized_start=1845
+  _globals['_LAYERCOMBINE']._serialized_end=1924
+  _globals['_DTYPE']._serialized_start=1926
+  _globals['_DTYPE']._serialized_end=1982
   _globals['_EMBEDREQUEST']._serialized_start=69
-  _globals['_EMBEDREQUEST']._serialized_end=306
-  _globals['_TEXTINPUT']._serialized_start=309
-  _globals['_TEXTINPUT']._serialized_end=454
-  _globals['_WORDLIST']._serialized_start=456
-  _globals['_WORDLIST']._serialized_end=481
-  _globals['_CHARSPAN']._serialized_start=483
-  _globals['_CHARSPAN']._serialized_end=521
-  _globals['_EMBEDRESPONSE']._serialized_start=523
-  _globals['_EMBEDRESPONSE']._serialized_end=619
-  _globals['_TEXTEMBEDDINGS']._serialized_start=622
-  _globals['_TEXTEMBEDDINGS']._serialized_end=751
-  _globals['_WORD']._serialized_start=753
-  _globals['_WORD']._serialized_end=852
-  _globals['_TOKEN']._serialized_start=854
-  _globals['_TOKEN']._serialized_end=916
-  _globals['_TENSOR']._serialized_start=918
-  _globals['_TENSOR']._serialized_end=990
-  _globals['_GETMODELINFOREQUEST']._serialized_start=992
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1013
-  _globals['_MODELINFO']._serialized_start=1016
-  _globals['_MODELINFO']._serialized_end=1430
-  _globals['_LIMITS']._serialized_start=1433
-  _globals['_LIMITS']._serialized_end=1615
-  _globals['_WORDEMBEDDER']._serialized_start=1849
-  _globals['_WORDEMBEDDER']._serialized_end=2075
+  _globals['_EMBEDREQUEST']._serialized_end=321
+  _globals['_TEXTINPUT']._serialized_start=324
+  _globals['_TEXTINPUT']._serialized_end=469
+  _globals['_WORDLIST']._serialized_start=471
+  _globals['_WORDLIST']._serialized_end=496
+  _globals['_CHARSPAN']._serialized_start=498
+  _globals['_CHARSPAN']._serialized_end=536
+  _globals['_EMBEDRESPONSE']._serialized_start=538
+  _globals['_EMBEDRESPONSE']._serialized_end=634
+  _globals['_TEXTEMBEDDINGS']._serialized_start=637
+  _globals['_TEXTEMBEDDINGS']._serialized_end=766
+  _globals['_WORD']._serialized_start=768
+  _globals['_WORD']._serialized_end=867
+  _globals['_TOKEN']._serialized_start=869
+  _globals['_TOKEN']._serialized_end=931
+  _globals['_TENSOR']._serialized_start=933
+  _globals['_TENSOR']._serialized_end=1005
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1007
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1043
+  _globals['_LISTMODELSREQUEST']._serialized_start=1045
+  _globals['_LISTMODELSREQUEST']._serialized_end=1064
+  _globals['_LISTMODELSRESPONSE']._serialized_start=1066
+  _globals['_LISTMODELSRESPONSE']._serialized_end=1149
+  _globals['_MODELINFO']._serialized_start=1152
+  _globals['_MODELINFO']._serialized_end=1566
+  _globals['_LIMITS']._serialized_start=1569
+  _globals['_LIMITS']._serialized_end=1751
+  _globals['_WORDEMBEDDER']._serialized_start=1985
+  _globals['_WORDEMBEDDER']._serialized_end=2290
 # @@protoc_insertion_point(module_scope)

@@ -42,7 +42,7 @@ FLOAT32: DType
 FLOAT16: DType
 
 class EmbedRequest(_message.Message):
-    __slots__ = ("inputs", "pooling", "layers", "layer_combine", "dtype", "normalize", "include_tokens")
+    __slots__ = ("inputs", "pooling", "layers", "layer_combine", "dtype", "normalize", "include_tokens", "model")
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     POOLING_FIELD_NUMBER: _ClassVar[int]
     LAYERS_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,7 @@ class EmbedRequest(_message.Message):
     DTYPE_FIELD_NUMBER: _ClassVar[int]
     NORMALIZE_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
     inputs: _containers.RepeatedCompositeFieldContainer[TextInput]
     pooling: Pooling
     layers: _containers.RepeatedScalarFieldContainer[int]
@@ -57,7 +58,8 @@ class EmbedRequest(_message.Message):
     dtype: DType
     normalize: bool
     include_tokens: bool
-    def __init__(self, inputs: _Optional[_Iterable[_Union[TextInput, _Mapping]]] = ..., pooling: _Optional[_Union[Pooling, str]] = ..., layers: _Optional[_Iterable[int]] = ..., layer_combine: _Optional[_Union[LayerCombine, str]] = ..., dtype: _Optional[_Union[DType, str]] = ..., normalize: _Optional[bool] = ..., include_tokens: _Optional[bool] = ...) -> None: ...
+    model: str
+    def __init__(self, inputs: _Optional[_Iterable[_Union[TextInput, _Mapping]]] = ..., pooling: _Optional[_Union[Pooling, str]] = ..., layers: _Optional[_Iterable[int]] = ..., layer_combine: _Optional[_Union[LayerCombine, str]] = ..., dtype: _Optional[_Union[DType, str]] = ..., normalize: _Optional[bool] = ..., include_tokens: _Optional[bool] = ..., model: _Optional[str] = ...) -> None: ...
 
 class TextInput(_message.Message):
     __slots__ = ("text", "words", "select_words", "select_spans")
@@ -142,8 +144,22 @@ class Tensor(_message.Message):
     def __init__(self, dtype: _Optional[_Union[DType, str]] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class GetModelInfoRequest(_message.Message):
+    __slots__ = ("model",)
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    def __init__(self, model: _Optional[str] = ...) -> None: ...
+
+class ListModelsRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ListModelsResponse(_message.Message):
+    __slots__ = ("models", "default_model")
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
+    default_model: str
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., default_model: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("model_name", "source_model", "architecture", "dimension", "num_layers", "layers_available", "max_tokens_per_window", "precision", "execution_provider", "server_version", "onnxruntime_version", "lowercase", "limits", "model_type", "threads", "parallel_runs", "word_segmentation")

@@ -49,6 +49,11 @@ class WordEmbedderStub:
                 request_serializer=ctxembed_dot_v1_dot_embedder__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=ctxembed_dot_v1_dot_embedder__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/ctxembed.v1.WordEmbedder/ListModels',
+                request_serializer=ctxembed_dot_v1_dot_embedder__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=ctxembed_dot_v1_dot_embedder__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class WordEmbedderServicer:
@@ -75,6 +80,13 @@ class WordEmbedderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListModels(self, request, context):
+        """Every model this server serves (`ctxembed serve --model NAME=DIR`, repeatable).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WordEmbedderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +104,11 @@ def add_WordEmbedderServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=ctxembed_dot_v1_dot_embedder__pb2.GetModelInfoRequest.FromString,
                     response_serializer=ctxembed_dot_v1_dot_embedder__pb2.ModelInfo.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=ctxembed_dot_v1_dot_embedder__pb2.ListModelsRequest.FromString,
+                    response_serializer=ctxembed_dot_v1_dot_embedder__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +192,33 @@ class WordEmbedder:
             '/ctxembed.v1.WordEmbedder/GetModelInfo',
             ctxembed_dot_v1_dot_embedder__pb2.GetModelInfoRequest.SerializeToString,
             ctxembed_dot_v1_dot_embedder__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/ctxembed.v1.WordEmbedder/ListModels',
+            ctxembed_dot_v1_dot_embedder__pb2.ListModelsRequest.SerializeToString,
+            ctxembed_dot_v1_dot_embedder__pb2.ListModelsResponse.FromString,
             options,
             channel_credentials,
             insecure,
