@@ -38,7 +38,8 @@ def test_export_without_extra_names_the_extra() -> None:
 
 
 def test_runtime_only_install_serves_the_model(model_dir: Path, tmp_path: Path) -> None:
-    """A real base install (no extras) into a fresh virtual environment embeds the model."""
+    """A real base install (no extras) into a fresh virtual environment embeds the model, also
+    without the packages the image removes."""
     root = Path(__file__).resolve().parents[1]
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -50,6 +51,11 @@ def test_runtime_only_install_serves_the_model(model_dir: Path, tmp_path: Path) 
         timeout=600,
     )
     assert install.returncode == 0, install.stderr[-2000:]
+    # What the image removes (deploy/runtime-unneeded.txt): the runtime must not need it.
+    listed = (root / "deploy" / "runtime-unneeded.txt").read_text().split("\n")
+    unneeded = [p.strip() for p in listed if p.strip() and not p.startswith("#")]
+    removal = [str(python), "-m", "pip", "uninstall", "-q", "-y", *unneeded]
+    assert subprocess.run(removal, capture_output=True, timeout=120).returncode == 0
     check = subprocess.run(
         [
             str(python),
@@ -57,6 +63,7 @@ def test_runtime_only_install_serves_the_model(model_dir: Path, tmp_path: Path) 
             f"""
 import importlib.util
 assert all(importlib.util.find_spec(m) is None for m in ("torch", "transformers", "optimum"))
+assert importlib.util.find_spec("huggingface_hub") is None
 from ctxembed.runtime import TextInput, WordEmbedder
 [res] = WordEmbedder.load({str(model_dir)!r}, provider="cpu").embed(
     [TextInput(text="I sat by the river bank", select_words=["bank"])])
