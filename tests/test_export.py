@@ -55,6 +55,10 @@ def test_manifest_describes_the_folder(model_dir: Path) -> None:
     table = int8.quantization["word_embeddings"]
     assert table["op"] == "GatherBlockQuantized" and table["fused"] and table["rows"] == 30522
     assert int8.size_bytes <= 25 * 2**20 < manifest.variant("fp32").size_bytes / 3
+    # where each variant was validated (a folder exported here also runs on other CPUs)
+    assert all(
+        (v.validation or {}).get("machine") in ("x86_64", "aarch64") for v in manifest.variants
+    )
 
 
 def test_validation_figures_meet_thresholds(model_dir: Path) -> None:

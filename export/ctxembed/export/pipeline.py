@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import platform
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -401,6 +402,8 @@ def _validate(
             thresholds = opts.thresholds.get(v.precision, Thresholds())
             results[v.name] = compare_variant(session, refs, thresholds, lambda: bar.update(1))
             results[v.name]["provider"] = session.get_providers()[0]
+            # where it was validated: a folder made here runs on other CPUs (docs: deploy, arm64)
+            results[v.name]["machine"] = platform.machine()
     failed = [name for name, r in results.items() if not r["passed"]]
     if failed:
         hint = ""
