@@ -15,7 +15,7 @@ EXPORT_ARGS ?= --selection-texts $(SELECTION) --int8-embeddings
 HOST ?= 127.0.0.1
 PORT ?= 50051
 
-.PHONY: venv lint test test-fast test-slow stress export serve mpnet image base-image bench bench-full bench-int8 bench-scale proto clean
+.PHONY: venv lint test test-fast test-slow test-arm64 arm64-root image-arm64 stress export serve mpnet image base-image bench bench-full bench-int8 bench-scale proto clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -115,6 +115,26 @@ base-image:
 	cp /etc/ssl/certs/ca-certificates.crt $(ROOTFS)/etc/ssl/certs/ca-certificates.crt
 	tar -C $(ROOTFS) -c . | docker import - $(BASE_IMAGE)
 	rm -rf $(ROOTFS)
+
+# arm64 (edge): an emulated arm64 Debian root (qemu-user-static, debootstrap; needs root), the
+# runtime's tests and the vectors of a folder exported here checked in it, and the image for
+# linux/arm64 built from that root (deploy/arm64/, docs in deploy/README.md). Function, not speed.
+ARM64_ROOT ?= .cache/rootfs-bookworm-arm64
+IMAGE_ARM64 ?= ctxembed:arm64
+
+arm64-root:
+	test -d $(ARM64_ROOT) || deploy/arm64/rootfs.sh $(ARM64_ROOT)
+
+test-arm64: $(STAMP) $(MODEL_DIR)/manifest.json arm64-root
+	ROOT=$(ARM64_ROOT) PY=$(BIN)/python deploy/arm64/test.sh $(MODEL_DIR)
+
+image-arm64: $(STAMP) $(IMAGE_MODEL_DIR)/manifest.json arm64-root
+	docker image inspect $(BASE_IMAGE)-arm64 >/dev/null 2>&1 || tar -C $(ARM64_ROOT) \
+		--exclude=./work --exclude=./opt/ctxembed -c . \
+		| docker import --platform linux/arm64 - $(BASE_IMAGE)-arm64
+	rm -rf dist && $(BIN)/python -m pip wheel -q --no-deps . -w dist
+	docker build --platform linux/arm64 -f deploy/Dockerfile --build-arg BASE=$(BASE_IMAGE)-arm64 \
+		--build-arg MODEL_DIR=$(IMAGE_MODEL_DIR) -t $(IMAGE_ARM64) .
 
 # Regenerate the committed protobuf code (tests/test_proto.py checks it is current).
 proto: $(STAMP)

@@ -4,6 +4,7 @@ explains; the image builds and serves where Docker is available (make test-slow)
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import signal
@@ -13,14 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import numpy as np
 import pytest
 import yaml
 
 from ctxembed.client import Client
+from ctxembed.runtime import WordEmbedder
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 K8S_VERSION = "1.30"
+QEMU_CONF = Path("/usr/lib/binfmt.d/qemu-aarch64.conf")
 
 
 def _manifests() -> dict[str, dict[str, Any]]:
@@ -72,10 +76,12 @@ def _docker() -> str:
     return "docker"
 
 
-def _start(docker: str, *options: str) -> tuple[str, str]:
+def _start(
+    docker: str, *options: str, image: str = "ctxembed:latest", wait_s: float = 60
+) -> tuple[str, str]:
     """Run the image detached; its container id and loopback address once it serves."""
     run = subprocess.run(
-        [docker, "run", "-d", "--rm", "-p", "127.0.0.1::50051", *options, "ctxembed:latest"],
+        [docker, "run", "-d", "--rm", "-p", "127.0.0.1::50051", *options, image],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     container = run.stdout.strip()
@@ -87,7 +93,7 @@ def _start(docker: str, *options: str) -> tuple[str, str]:
         .strip()
     )
     address = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + wait_s
     while True:
         try:
             with Client(address, timeout=2) as client:
@@ -131,3 +137,59 @@ def test_image_under_a_cpu_quota_serves_with_one_thread() -> None:
         _stop(docker, container)
     assert (info.threads, info.parallel_runs) == (1, 1), info
     assert "1 cores by cgroup CPU quota (1 CPUs)" in logs.stdout + logs.stderr
+
+
+def _arm64_emulation() -> None:
+    """Skips, saying why, where the arm64 root cannot be made (deploy/arm64/rootfs.sh)."""
+    if os.geteuid() != 0:
+        pytest.skip("the arm64 root needs root (chroot, binfmt_misc)")
+    if shutil.which("debootstrap") is None or not QEMU_CONF.is_file():
+        pytest.skip("needs debootstrap and qemu-user-static (apt-get install both)")
+
+
+@pytest.mark.slow
+def test_make_test_arm64(model_dir: Path) -> None:
+    """The runtime's tests and this export's vectors on emulated arm64 (deploy/arm64/test.sh)."""
+    _arm64_emulation()
+    run = subprocess.run(
+        ["make", "test-arm64", f"MODEL_DIR={model_dir}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=3600,
+    )  # fmt: skip
+    assert run.returncode == 0, (run.stdout + run.stderr)[-3000:]
+    assert "test-arm64: passed" in run.stdout
+
+
+@pytest.mark.slow
+def test_arm64_image_serves_and_matches_x86() -> None:
+    """`make image-arm64`: the same image for linux/arm64, run under emulation; its int8 vectors
+    within the export's thresholds against PyTorch, its words and offsets those of x86's image."""
+    from ctxembed.export.source import embedded_model_dir
+    from testkit.fidelity import references
+
+    docker = _docker()
+    _arm64_emulation()
+    subprocess.run(["make", "image", "image-arm64"], cwd=ROOT, check=True, timeout=3600)
+    texts = ["I live near the bank of America", "naïve café — 東京 tower", "v2.0 (beta): ok!"]
+    results = {}
+    for image, options in (
+        ("ctxembed:latest", ()),
+        ("ctxembed:arm64", ("--platform", "linux/arm64")),
+    ):
+        container, address = _start(docker, *options, image=image, wait_s=300)
+        try:
+            with Client(address, timeout=120) as client:
+                results[image] = (client.info(), client.embed(texts))
+        finally:
+            code = _stop(docker, container)
+        assert code in ("0", ""), (image, code)
+    (info, arm), (_, x86) = results["ctxembed:arm64"], results["ctxembed:latest"]
+    assert [[(w.text, w.start, w.end) for w in r.words] for r in arm] == [
+        [(w.text, w.start, w.end) for w in r.words] for r in x86
+    ]
+    with WordEmbedder.load(ROOT / "models" / "all-MiniLM-L6-v2-int8", provider="cpu") as local:
+        refs = references(embedded_model_dir(), local, texts)
+    cos = np.concatenate([
+        (a.vectors * r).sum(1) / np.linalg.norm(a.vectors, axis=1) / np.linalg.norm(r, axis=1)
+        for a, r in zip(arm, refs, strict=True)
+    ])  # fmt: skip
+    assert cos.mean() >= 0.995 and cos.min() >= 0.98, (info.precision, cos.min())
