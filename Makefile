@@ -133,8 +133,11 @@ image-arm64: $(STAMP) $(IMAGE_MODEL_DIR)/manifest.json arm64-root
 		--exclude=./work --exclude=./opt/ctxembed -c . \
 		| docker import --platform linux/arm64 - $(BASE_IMAGE)-arm64
 	rm -rf dist && $(BIN)/python -m pip wheel -q --no-deps . -w dist
-	docker build --platform linux/arm64 -f deploy/Dockerfile --build-arg BASE=$(BASE_IMAGE)-arm64 \
+	docker build -f deploy/Dockerfile --build-arg BASE=$(BASE_IMAGE)-arm64 \
 		--build-arg MODEL_DIR=$(IMAGE_MODEL_DIR) -t $(IMAGE_ARM64) .
+	# the classic builder labels what it builds with the host's architecture: arm64 it is
+	docker save $(IMAGE_ARM64) | $(BIN)/python deploy/arm64/set_arch.py | docker load
+	test "$$(docker image inspect $(IMAGE_ARM64) --format '{{.Architecture}}')" = arm64
 
 # Regenerate the committed protobuf code (tests/test_proto.py checks it is current).
 proto: $(STAMP)

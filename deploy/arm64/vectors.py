@@ -18,6 +18,7 @@ import json
 import platform
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -65,19 +66,23 @@ def reference(model_dir: Path, out: Path) -> None:
     )
 
 
-def check(model_dir: Path, ref_path: Path) -> int:
+def check(model_dir: Path, ref_path: Path, with_fp32: bool = True) -> int:
     from ctxembed.runtime.manifest import load_manifest
 
     ref = np.load(ref_path)
     variant = load_manifest(model_dir).variant("int8")
     thresholds = (variant.validation or {}).get("thresholds", {})
-    fp32, int8 = _embed(model_dir, "fp32"), _embed(model_dir, "int8")
-    offsets = np.asarray([(w.start, w.end) for r in fp32 for w in r.words])  # type: ignore[attr-defined]
-    fp32_cos = _cosines(np.concatenate([r.vectors for r in fp32]), ref["fp32"])  # type: ignore[attr-defined]
+    int8 = _embed(model_dir, "int8")
+    offsets = np.asarray([(w.start, w.end) for r in int8 for w in r.words])  # type: ignore[attr-defined]
+    fp32_cos = np.ones(1)
+    if with_fp32:
+        fp32 = _embed(model_dir, "fp32")
+        fp32_cos = _cosines(np.concatenate([r.vectors for r in fp32]), ref["fp32"])  # type: ignore[attr-defined]
     int8_vectors = np.concatenate([r.vectors for r in int8])  # type: ignore[attr-defined]
     int8_torch = _cosines(int8_vectors, ref["torch"])
     int8_x86 = _cosines(int8_vectors, ref["int8"])
-    figures = {
+    x86_torch = _cosines(ref["int8"], ref["torch"])
+    figures: dict[str, Any] = {
         "machine": platform.machine(),
         "reference_machine": str(ref["machine"]),
         "words": len(offsets),
@@ -86,6 +91,8 @@ def check(model_dir: Path, ref_path: Path) -> int:
         "int8_vs_pytorch_mean": float(int8_torch.mean()),
         "int8_vs_pytorch_min": float(int8_torch.min()),
         "int8_vs_x86_int8_min": float(int8_x86.min()),
+        "x86_int8_vs_pytorch_mean": float(x86_torch.mean()),
+        "x86_int8_vs_pytorch_min": float(x86_torch.min()),
         "int8_scheme": (variant.quantization or {}).get("scheme"),
         "int8_thresholds": {k: thresholds.get(k) for k in ("word_cosine_mean", "word_cosine_min")},
     }
@@ -106,11 +113,12 @@ def main() -> int:
     p.add_argument("--model-dir", type=Path, required=True)
     p.add_argument("--out", type=Path)
     p.add_argument("--reference", type=Path)
+    p.add_argument("--no-fp32", action="store_true", help="check: the int8 variant alone")
     args = p.parse_args()
     if args.mode == "reference":
         reference(args.model_dir, args.out)
         return 0
-    return check(args.model_dir, args.reference)
+    return check(args.model_dir, args.reference, with_fp32=not args.no_fp32)
 
 
 if __name__ == "__main__":
