@@ -218,6 +218,7 @@ def test_bad_requests_name_the_field(stub: pb_grpc.GRPCInferenceServiceStub, nam
     for request, field in cases:
         got, description = _invalid(stub, request)
         assert got == field, (field, got, description)
+    assert _invalid(stub, text_request("", ["bank"]))[0] == "model_name"
     asked = text_request(name, ["bank"])
     asked.outputs.add(name="LOGITS")
     assert _invalid(stub, asked)[0] == "outputs[LOGITS]"

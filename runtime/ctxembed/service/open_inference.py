@@ -95,10 +95,12 @@ class InferenceServicer:
         server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
 
     # -- lookups ------------------------------------------------------------------------------
-    def _served(self, name: str, version: str, record: CallRecord | None = None) -> ServedModel:
+    def _served(
+        self, name: str, version: str, record: CallRecord | None = None, field: str = "name"
+    ) -> ServedModel:
         """The model a request names (v2 names it always; there is no default here)."""
         if not name:
-            raise InvalidInput("model_name", "must name a model")
+            raise InvalidInput(field, "must name a model")
         served = self.registry.get(name)
         if version not in ("", VERSION):
             raise UnknownModel(f"model {name!r} has only version {VERSION}, not {version!r}")
@@ -229,7 +231,8 @@ class InferenceServicer:
     async def ModelInfer(self, request: Any, context: Context) -> pb.ModelInferResponse:
         async def work(record: CallRecord) -> tuple[pb.ModelInferResponse, list[Any]]:
             request_ = _checked(request)
-            served = self._served(request_.model_name, request_.model_version, record)
+            name, version = request_.model_name, request_.model_version
+            served = self._served(name, version, record, "model_name")
             call = decode_infer_request(request_)
             check_request_size(len(call.inputs), served.model.limits)
             wanted = requested_outputs(request_, call.options)
