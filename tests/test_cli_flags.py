@@ -178,6 +178,8 @@ def test_several_models_by_flag_and_variable(
         with pytest.raises(SystemExit):
             build_parser().parse_args(["serve", *bad])
         assert "--model" in capsys.readouterr().err
+    assert main(["serve", "--model", "a=/m/1", "--model", "a=/m/2"]) == 1
+    assert "each --model needs its own name" in capsys.readouterr().err
     monkeypatch.setenv("CTXEMBED_MODEL", "a=/m/1,=/m/2")
     with pytest.raises(SystemExit):
         main(["serve"])

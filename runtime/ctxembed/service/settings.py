@@ -207,6 +207,9 @@ class ServerSettings:
     def __post_init__(self) -> None:
         if self.model_dir is not None and self.models:
             raise ServeError("pass --model-dir for one model or --model NAME=DIR, not both")
+        names = [m.name for m in self.models]
+        if len(set(names)) < len(names):
+            raise ServeError(f"each --model needs its own name, got {names}")
         if self.max_receive_mb < 1 or self.max_send_mb < 1:
             raise ServeError("max_receive_mb and max_send_mb must be at least 1")
         if (self.tls_cert is None) != (self.tls_key is None):
