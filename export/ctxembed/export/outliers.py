@@ -32,11 +32,12 @@ from typing import Any
 import numpy as np
 
 from ctxembed.export.calibrate import ActivationRange
+from ctxembed.export.smooth import ALPHA, channel_peaks, smoothing_scale
 
 # Of 2-6 tried on all-mpnet-base-v2 (1,000 selection texts): 4 kept the worst word highest for
 # few fp32 channels (88 found on 336 texts); 2 moved 2,693 channels to fp32, ran 15% slower.
 OUTLIER_RATIO = 4.0
-ALPHA = 0.75  # SmoothQuant's migration strength on the inliers; 0.5 and 0 kept a worse tail
+# smooth.ALPHA (0.75) on the inliers too: 0.5 and 0 kept a worse tail here.
 ROW_RANGE = ActivationRange(-1.0, 1.0)  # what every row-normalised input spans, by construction
 
 
@@ -49,41 +50,9 @@ class Decomposition:
     facts: dict[str, Any]
 
 
-def channel_peaks(
-    model: Any, names: Sequence[str], feeds: Sequence[dict[str, np.ndarray]]
-) -> dict[str, np.ndarray]:
-    """max |x_j| per channel of each named tensor over the feeds (each run alone)."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import helper
-
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    known = {o.name for o in probe.graph.output}
-    for name in names:
-        if name not in known:
-            probe.graph.output.append(
-                helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
-            )
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    peaks: dict[str, np.ndarray] = {}
-    for feed in feeds:
-        for name, value in zip(names, session.run(list(names), feed), strict=True):
-            channel = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
-            peaks[name] = np.maximum(peaks[name], channel) if name in peaks else channel
-    return peaks
-
-
 def outlier_channels(peak: np.ndarray, ratio: float = OUTLIER_RATIO) -> np.ndarray:
     """Indices of the channels whose peak exceeds ``ratio`` times the median channel peak."""
     return np.flatnonzero(peak > ratio * np.median(peak)).astype(np.int64)
-
-
-def smoothing_scale(inlier_peak: np.ndarray, weights: Sequence[np.ndarray]) -> np.ndarray:
-    """SmoothQuant's s_j = max|x_j|^a / max|W_j|^(1-a), over every W reading the tensor."""
-    w_peak = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
-    scale = inlier_peak**ALPHA / np.maximum(w_peak, 1e-8) ** (1.0 - ALPHA)
-    return np.clip(scale, 1e-4, 1e4).astype(np.float32)
 
 
 def decompose_outliers(

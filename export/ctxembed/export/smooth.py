@@ -30,7 +30,6 @@ def smooth_graph(
     """Write ``out``: ``fused`` with every weight MatMul/Attention input smoothed, except those
     reading a tensor in ``skip_inputs``. Returns manifest facts."""
     import onnx
-    import onnxruntime as ort
     from onnx import helper, numpy_helper
 
     model = onnx.load(str(fused))
@@ -48,13 +47,11 @@ def smooth_graph(
     for node in targets:
         consumers.setdefault(node.input[0], []).append(node)
     inputs = sorted(consumers)
-    peak = _channel_peaks(model, inputs, feeds, ort, helper)
+    peak = channel_peaks(model, inputs, feeds)
     smoothed: dict[str, str] = {}
     for name in inputs:
         mats = [numpy_helper.to_array(weights[n.input[1]]) for n in consumers[name]]
-        w_peak = np.max([np.abs(w).max(axis=1) for w in mats], axis=0)
-        scale = peak[name] ** alpha / np.maximum(w_peak, 1e-8) ** (1.0 - alpha)
-        scale = np.clip(scale, 1e-4, 1e4).astype(np.float32)
+        scale = smoothing_scale(peak[name], mats, alpha)
         for node, w in zip(consumers[name], mats, strict=True):
             weights[node.input[1]].CopyFrom(
                 numpy_helper.from_array((w * scale[:, None]).astype(np.float32), node.input[1])
@@ -90,11 +87,22 @@ def smooth_graph(
     return {"smoothing": {"alpha": alpha, "tensors": len(inputs), "operators": len(targets)}}
 
 
-def _channel_peaks(
-    model: Any, names: Sequence[str], feeds: Sequence[dict[str, np.ndarray]], ort: Any, helper: Any
+def smoothing_scale(
+    peak: np.ndarray, weights: Sequence[np.ndarray], alpha: float = ALPHA
+) -> np.ndarray:
+    """s_j = max|x_j|^a / max|W_j|^(1-a), over every W that reads the tensor."""
+    w_peak = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
+    scale = peak**alpha / np.maximum(w_peak, 1e-8) ** (1.0 - alpha)
+    return np.clip(scale, 1e-4, 1e4).astype(np.float32)
+
+
+def channel_peaks(
+    model: Any, names: Sequence[str], feeds: Sequence[dict[str, np.ndarray]]
 ) -> dict[str, np.ndarray]:
     """max |x_j| per channel of each named tensor over the feeds (each run alone)."""
     import onnx
+    import onnxruntime as ort
+    from onnx import helper
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
