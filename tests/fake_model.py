@@ -80,6 +80,7 @@ class FakeModel:
         self.gate.set()
         self.entered = threading.Event()  # set when a forward starts
         self.texts_computed = 0  # texts that reached forward
+        self.forward_threads: list[str] = []  # the thread each forward ran on, in order
         self.closed = False
 
     @property
@@ -139,6 +140,7 @@ class FakeModel:
         should_stop: Callable[[], bool] | None = None,
     ) -> list[np.ndarray]:
         self.entered.set()
+        self.forward_threads.append(threading.current_thread().name)
         self.gate.wait(30)
         self._maybe_fail("forward", texts)
         states = []

@@ -142,7 +142,10 @@ def test_report_renders(tmp_path: Path) -> None:
     }
     md = markdown(result)
     assert "**5.00×**" in md and "**4.00×**" in md and "not run: skipped" in md
-    assert "a bare grpc.aio echo server with no ctxembed code 0.45 ms" in md
+    assert (
+        "a bare grpc.aio echo server with no ctxembed code 0.45 ms: ctxembed's serving path"
+        " beyond that echo **0.05 ms** (target ≤ 0.25)"
+    ) in md
     written = plots(result, tmp_path, "quick")
     assert all(p.stat().st_size > 1000 for p in written)
 
@@ -234,3 +237,34 @@ def test_scale_report_renders() -> None:
     text = scale_markdown(result)
     assert "| 3 replicas (one core each) | 600 | 590, 610 | 50.0 | 0 | [1, 2, 3] |" in text
     assert "| in process | 9 | 8, 10 | 5 |" in text
+
+
+def test_serving_path_report_renders() -> None:
+    from benchmarks.serving_path import LEVELS
+    from benchmarks.serving_path import markdown as serving_markdown
+
+    result = {
+        "started": "now",
+        "model_dir": "m",
+        "rounds": 6,
+        "reps": 150,
+        "seconds": 3.0,
+        "machine": {
+            "cpu": "cpu",
+            "cpu_flags": ["avx2"],
+            "logical_cpus": 2,
+            "versions": {"grpcio": "1"},
+        },
+        "result": {
+            "p50_ms": {"in_process": 1.0, "echo": 0.4, "inline": 1.8, "no-inline": 2.0},
+            "beyond_echo_ms": {"inline": 0.4, "no-inline": 0.6},
+            "texts_per_s": {
+                "inline": {str(c): 110.0 for c in LEVELS},
+                "no-inline": {str(c): 100.0 for c in LEVELS},
+            },
+        },
+    }
+    text = serving_markdown(result)
+    assert "| gRPC, inline | 1.800 | **0.400** |" in text
+    assert "| gRPC, no-inline | 2.000 | **0.600** |" in text
+    assert "| 32 | 110.0 | 100.0 | 1.10 |" in text

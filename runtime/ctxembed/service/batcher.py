@@ -4,7 +4,9 @@ Requests queue on the event loop; one task drains the queue into a batch until t
 is reached, or the batch is as large as the previous one, or ``max_wait`` passes, then runs
 prepare → forward → finish for the whole batch in an executor thread, up to ``max_inflight``
 batches at once (ONNX Runtime has its own threads; see ``ModelSession``). A lone client never
-waits: the wait applies only while the previous batch showed concurrency. Cancelled requests
+waits: the wait applies only while the previous batch showed concurrency, and a short request
+that finds the batcher idle runs on the event loop at once, without the executor thread's round
+trip (``inline_max_tokens``). Cancelled requests
 and requests whose deadline passed are dropped before they run, and free their inputs and their
 place in the queue at once; a batch whose every caller has gone stops between ONNX runs; a full
 queue (by requests or by estimated tokens) refuses new requests instead of growing; a request
@@ -38,6 +40,11 @@ log = logging.getLogger("ctxembed.service")
 
 # Rough tokens per character, only for the flush decision (forward() buckets by real tokens).
 TOKENS_PER_CHAR = 0.3
+# Inline runs start after this many executor batches in a row had no company, and every
+# PROBE_EVERY-th lone request still takes the executor: while it computes the loop is free, so
+# clients that arrive meanwhile show (an inline run hides them: the loop is busy).
+QUIET_BATCHES = 4
+PROBE_EVERY = 8
 
 
 @dataclass
@@ -51,6 +58,7 @@ class BatcherStats:
     dropped_deadline: int = 0
     rejected_overload: int = 0
     abandoned_batches: int = 0  # stopped between ONNX runs: every caller had gone
+    inline_runs: int = 0  # lone requests computed on the event loop (inline_max_tokens)
     texts: int = 0
     queue_s: float = 0.0
     prepare_s: float = 0.0
@@ -95,6 +103,7 @@ class MicroBatcher:
         self.max_queue = settings.max_queue
         self.max_queued_tokens = settings.max_queued_tokens
         self.max_response_bytes = settings.max_response_bytes
+        self.inline_max_tokens = settings.inline_max_tokens
         self._dimension = model.info().dimension
         # Batches computed at once: one batch's tokenize and pool (Python, holding the GIL)
         # overlap another's ONNX runs, instead of leaving the cores idle between runs.
@@ -107,6 +116,9 @@ class MicroBatcher:
         self._last_batch = 1
         self._pending = 0  # queued jobs whose caller still waits
         self._pending_tokens = 0  # their estimated tokens (what max_queued_tokens limits)
+        self._computing = 0  # batches on the executor now
+        self._quiet = 0  # executor batches in a row that ran alone (see _alone)
+        self._lone = 0  # lone requests since the executor batches went quiet
         self.metrics: ModelMetrics | None = None  # set by the server when --metrics-port is on
 
     def start(self) -> None:
@@ -164,6 +176,8 @@ class MicroBatcher:
                 f"about {self._pending_tokens} tokens already queued, the limit is"
                 f" {self.max_queued_tokens}"
             )
+        if est_tokens <= self.inline_max_tokens and self._alone():
+            return self._run_inline(call, est_tokens)
         loop = asyncio.get_running_loop()
         now = time.monotonic()
         job = _QueuedRequest(
@@ -176,6 +190,40 @@ class MicroBatcher:
         self._pending_tokens += est_tokens
         self._queue.put_nowait(job)
         return await job.future
+
+    def _alone(self) -> bool:
+        """Whether a request may run inline: nothing queued or computing, the recent executor
+        batches ran alone, and this is not the periodic probe (see QUIET_BATCHES)."""
+        if self._pending or self._computing or self._quiet < QUIET_BATCHES:
+            return False
+        self._lone += 1
+        return self._lone % PROBE_EVERY != 0
+
+    def _run_inline(self, call: DecodedRequest, est_tokens: int) -> list[WordEmbeddings]:
+        """Compute a lone, short request here, on the event loop (BatcherSettings says why).
+        It cannot be abandoned part-way: it is one short run."""
+        future: asyncio.Future[list[WordEmbeddings]] = asyncio.get_running_loop().create_future()
+        job = _QueuedRequest(call, future, None, time.monotonic(), est_tokens, queued=False)
+        self.stats.inline_runs += 1
+        if self.metrics is not None:
+            self.metrics.record_stage("queue", 0.0)
+        try:
+            [outcome] = self._account([job], *self._compute([job]))
+        except Exception:
+            log.exception("batch failed")
+            self.stats.requests_failed += 1
+            raise
+        self._count(outcome)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    def _count(self, outcome: list[WordEmbeddings] | BaseException) -> None:
+        if isinstance(outcome, BaseException):
+            self.stats.requests_failed += 1
+        else:
+            self.stats.requests_done += 1
+            self.stats.last_done_unix_ms = int(time.time() * 1000)
 
     async def _collect(self) -> list[_QueuedRequest]:
         loop = asyncio.get_running_loop()
@@ -231,32 +279,43 @@ class MicroBatcher:
 
     async def _deliver(self, live: Sequence[_QueuedRequest]) -> None:
         outcomes = await self._execute(live)
+        company = len(live) > 1 or self._pending or self._computing
+        self._quiet, self._lone = (0, 0) if company else (self._quiet + 1, self._lone)
         for job, outcome in zip(live, outcomes):
             if job.future.done():
                 continue
+            self._count(outcome)
             if isinstance(outcome, BaseException):
-                self.stats.requests_failed += 1
                 job.future.set_exception(outcome)
             else:
-                self.stats.requests_done += 1
-                self.stats.last_done_unix_ms = int(time.time() * 1000)
                 job.future.set_result(outcome)
 
     async def _execute(
         self, jobs: Sequence[_QueuedRequest]
     ) -> list[list[WordEmbeddings] | Exception]:
         loop = asyncio.get_running_loop()
+        self._computing += 1
         try:
-            outcomes, (prepare_s, run_s, pool_s, texts) = await loop.run_in_executor(
-                self._executor, self._compute, jobs
-            )
+            computed = await loop.run_in_executor(self._executor, self._compute, jobs)
         except Abandoned:  # every caller left while it ran: tell any still listening why
             self.stats.abandoned_batches += 1
             return [job.gone_error() for job in jobs]
         except Exception as exc:  # a bug outside the per-request steps: keep serving
             log.exception("batch failed")
             return [exc] * len(jobs)
-        # Counted here, on the loop: batches in flight at once would race in their threads.
+        finally:
+            self._computing -= 1
+        return self._account(jobs, *computed)
+
+    def _account(
+        self,
+        jobs: Sequence[_QueuedRequest],
+        outcomes: list[list[WordEmbeddings] | Exception],
+        times: tuple[float, float, float, int],
+    ) -> list[list[WordEmbeddings] | Exception]:
+        """Count a computed batch in the stats and metrics; its outcomes, unchanged. Counted on
+        the loop: batches in flight at once would race in their threads."""
+        prepare_s, run_s, pool_s, texts = times
         self.stats.prepare_s += prepare_s
         self.stats.run_s += run_s
         self.stats.pool_s += pool_s

@@ -130,6 +130,8 @@ def _load_models(settings: ServerSettings, given: Models | None) -> list[ServedM
                     threads=engine.threads or share,
                     parallel_runs=engine.parallel_runs or share,
                 )
+                # ... and the event loop: one model's inline run would hold the others' calls.
+                batcher = replace(batcher, inline_max_tokens=0)
             for item in settings.model_settings:
                 if item.model == name and item.path[0] == "engine":
                     engine = with_setting(engine, item.path[1:], item.value)

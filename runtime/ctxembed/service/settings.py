@@ -48,6 +48,14 @@ class BatcherSettings:
         metadata=flag("micro-batches computed at once", minimum=1,
                       default_text="the model's parallel runs"),
     )  # fmt: skip
+    # A lone request on an idle batcher runs on the event loop itself: the executor thread's
+    # round trip cost ~0.15 ms of MiniLM's ~2 ms (docs/benchmarks.md). The loop waits meanwhile,
+    # so only short requests run there; the server turns it off when it serves several models.
+    inline_max_tokens: int = field(
+        default=128,
+        metadata=flag("estimated tokens up to which a lone request on an idle server runs"
+                      " without the executor thread hop (0: never)", minimum=0),
+    )  # fmt: skip
     # What the server may send: set from ServerSettings.max_send_mb, so not a flag of its own.
     max_response_bytes: int = 64 * 1024 * 1024
 
@@ -58,6 +66,8 @@ class BatcherSettings:
                 raise ValueError(f"{name} must be at least 1, got {value}")
         if self.max_wait_ms < 0:
             raise ValueError(f"max_wait_ms must be >= 0, got {self.max_wait_ms}")
+        if self.inline_max_tokens < 0:
+            raise ValueError(f"inline_max_tokens must be >= 0, got {self.inline_max_tokens}")
 
 
 def host_port(host: str, port: int) -> str:

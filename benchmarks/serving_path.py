@@ -1,0 +1,137 @@
+"""The serving path alone: what a gRPC call costs beyond the engine, with and without inline runs.
+
+    python -m benchmarks.serving_path [--model-dir DIR] [--rounds 6] [--reps 150] [--seconds 3]
+
+In interleaved rounds (the machine drifts): the bank sentence in process (``WordEmbedder.embed``),
+over gRPC to ``ctxembed serve`` (default: lone requests run inline) and to one with
+``--inline-max-tokens 0``, and an empty call to a bare grpc.aio echo server. The speed issue's
+target 4: gRPC p50 − in-process p50 ≤ the echo's p50 + 0.25 ms. Then closed-loop clients (1, 2,
+4, 16, 32; one corpus sentence per call) against both servers, so that inline runs are seen to
+cost nothing under concurrency. Writes benchmarks/results/serving-path.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from benchmarks import echo_server
+from benchmarks.bench_grpc import _echo_server, load
+from benchmarks.engines import BANK, time_calls
+from benchmarks.machine import machine_facts
+from benchmarks.stats import percentiles
+from ctxembed.client import Client
+from ctxembed.runtime import TextInput, WordEmbedder
+from testkit.servers import ProcessServer
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+SERVERS = {"inline": (), "no-inline": ("--inline-max-tokens", "0")}
+LEVELS = (1, 2, 4, 16, 32)
+TARGET_MS = 0.25  # beyond the echo's round trip
+
+
+def measure(model_dir: Path, rounds: int, reps: int, seconds: float) -> dict[str, Any]:
+    emb = WordEmbedder.load(model_dir, provider="cpu")
+    bank = [TextInput(text=BANK, select_words=["bank"])]
+    servers = {name: ProcessServer(model_dir, *flags) for name, flags in SERVERS.items()}
+    samples: dict[str, list[float]] = {"in_process": [], "echo": [], **{n: [] for n in servers}}
+    throughput: dict[str, dict[int, list[float]]] = {n: {c: [] for c in LEVELS} for n in servers}
+    try:
+        clients = {name: Client(s.address) for name, s in servers.items()}
+        with _echo_server() as port, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            echo = channel.unary_unary(echo_server.METHOD, None, None)
+            for _ in range(rounds):
+                samples["in_process"] += time_calls(lambda: emb.embed(bank), reps, warmup=20)
+                for name, client in clients.items():
+                    call = lambda c=client: c.embed(bank)  # noqa: E731
+                    samples[name] += time_calls(call, reps, warmup=20)
+                samples["echo"] += time_calls(lambda: echo(b""), reps, warmup=20)
+        for client in clients.values():
+            client.close()
+        for _ in range(2):
+            for level in LEVELS:
+                for name, server in servers.items():
+                    texts_per_s = load(server.address, level, seconds, None)["texts_per_s"]
+                    throughput[name][level].append(texts_per_s)
+    finally:
+        for server in servers.values():
+            server.proc.terminate()
+            server.finish()
+    p50 = {name: percentiles(values)["p50_ms"] for name, values in samples.items()}
+    beyond = {n: p50[n] - p50["in_process"] - p50["echo"] for n in servers}
+    return {
+        "p50_ms": p50,
+        "beyond_echo_ms": beyond,
+        "texts_per_s": {
+            name: {str(c): statistics.median(v) for c, v in levels.items()}
+            for name, levels in throughput.items()
+        },
+    }
+
+
+def markdown(result: dict[str, Any]) -> str:
+    m, r = result["machine"], result["result"]
+    p50, beyond, tput = r["p50_ms"], r["beyond_echo_ms"], r["texts_per_s"]
+    lines = [
+        f"# The serving path ({result['started']}, {result['model_dir']})",
+        "",
+        f"Machine: {m['cpu']} ({', '.join(m['cpu_flags'])}), {m['logical_cpus']} CPUs,"
+        f" grpcio {m['versions'].get('grpcio')}. Bank sentence, p50 of"
+        f" {result['rounds']} interleaved rounds of {result['reps']} calls each.",
+        "",
+        "| | p50 ms | gRPC − in-process − echo, ms (target ≤ 0.25) |",
+        "|---|---|---|",
+        f"| in process (`WordEmbedder.embed`) | {p50['in_process']:.3f} | |",
+        f"| bare grpc.aio echo, empty call | {p50['echo']:.3f} | |",
+    ]
+    for name in SERVERS:
+        lines.append(f"| gRPC, {name} | {p50[name]:.3f} | **{beyond[name]:.3f}** |")
+    lines += [
+        "",
+        f"Closed-loop clients, one corpus sentence per call, medians of 2 interleaved rounds of"
+        f" {result['seconds']:.0f} s:",
+        "",
+        "| clients | " + " | ".join(f"{n} texts/s" for n in SERVERS) + " | inline ÷ no-inline |",
+        "|---" * (len(SERVERS) + 2) + "|",
+    ]
+    for level in LEVELS:
+        row = [tput[name][str(level)] for name in SERVERS]
+        ratio = row[0] / row[1]
+        lines.append(f"| {level} | " + " | ".join(f"{v:.1f}" for v in row) + f" | {ratio:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "all-MiniLM-L6-v2")
+    p.add_argument("--rounds", type=int, default=6)
+    p.add_argument("--reps", type=int, default=150)
+    p.add_argument("--seconds", type=float, default=3.0)
+    args = p.parse_args(argv)
+    result = {
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "machine": machine_facts(),
+        "model_dir": str(args.model_dir),
+        "rounds": args.rounds,
+        "reps": args.reps,
+        "seconds": args.seconds,
+        "result": measure(args.model_dir, args.rounds, args.reps, args.seconds),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "serving-path.json").write_text(json.dumps(result, indent=1) + "\n")
+    md = markdown(result)
+    (RESULTS / "serving-path.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
