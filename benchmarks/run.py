@@ -101,10 +101,14 @@ def mpnet_base() -> Model:
 
 
 def _has_scheme(exported: Path) -> bool:
-    """An export from before int8 schemes existed is rebuilt."""
+    """An export from before int8 schemes existed, or whose scheme ``auto`` chose from another
+    order than today's, is rebuilt: it would not be what an export makes now."""
+    from ctxembed.export.int8_schemes import AUTO_ORDER
     from ctxembed.runtime.manifest import load_manifest
 
-    return "scheme" in (load_manifest(exported).variant("int8").quantization or {})
+    quantization = load_manifest(exported).variant("int8").quantization or {}
+    auto = quantization.get("auto")
+    return "scheme" in quantization and (auto is None or auto["order"] == list(AUTO_ORDER))
 
 
 def run_engines(model: Model, mode: Mode) -> dict[str, Any]:

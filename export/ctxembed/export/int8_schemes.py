@@ -11,9 +11,11 @@ the largest outliers. The schemes, fastest first:
 - ``smooth``: every weight MatMul's input smoothed, then per-tensor int8 with calibrated ranges.
 - ``smooth-blockwise-ffn``: the FFN down-projections block-wise, the rest as ``smooth``.
 - ``outlier``: outlier channels in fp32 and every row on its own scale (``outliers.py``), the
-  rest per-tensor int8; a fused ``Attention``'s input smoothed. Not in ``AUTO_ORDER`` yet: on
-  all-mpnet-base-v2 it runs at 3.0x (bank) and 2.2x (corpus batches) fp32 with a word cosine
-  mean of 0.998, but 2 words of 2,400 selection texts fall under 0.98 (docs/int8.md).
+  rest per-tensor int8; a fused ``Attention``'s input smoothed. Where only a few words fail,
+  ``auto`` keeps the FFN down-projections that break them in fp32, chosen by measured harm
+  (``fallback.py``): on all-mpnet-base-v2 one of them, 2.3x (bank) and 2.0x (corpus batches)
+  fp32 (docs/int8.md). On MiniLM it is slower than ``smooth-blockwise-ffn`` at the bank
+  sentence (1.17 vs 1.04 ms), so it comes after it.
 - ``blockwise``: every weight MatMul block-wise; a fused ``Attention`` stays per-tensor
   (calibrated).
 - ``calibrated``: per-tensor int8 with calibrated ranges, no smoothing (the 0.1 default).
@@ -44,7 +46,9 @@ Int8Scheme = Literal[
     "auto", "smooth", "smooth-blockwise-ffn", "outlier", "blockwise", "calibrated", "dynamic"
 ]
 INT8_SCHEMES: tuple[Int8Scheme, ...] = get_args(Int8Scheme)
-AUTO_ORDER: tuple[Int8Scheme, ...] = ("smooth", "smooth-blockwise-ffn", "blockwise")
+AUTO_ORDER: tuple[Int8Scheme, ...] = ("smooth", "smooth-blockwise-ffn", "outlier", "blockwise")
+# Schemes that may keep a few MatMuls in fp32 when only their worst words fail (fallback.py).
+FALLBACK_SCHEMES: tuple[Int8Scheme, ...] = ("outlier",)
 BLOCK_SIZE = 128  # accuracy held at 32-256 on both real models (design texts); 256 ran 5% faster
 # but gave one row different vectors in a batch than alone (tested): 128 keeps rows exact
 BLOCKWISE_BITS = 8
@@ -70,9 +74,14 @@ def blockwise_nodes(model: Any, scheme: Int8Scheme) -> list[str]:
     if scheme == "blockwise":
         return [n.name for n in weight_matmuls(model)]
     if scheme == "smooth-blockwise-ffn":
-        ffn = gelu_outputs(model)
-        return [n.name for n in weight_matmuls(model) if n.input[0] in ffn]
+        return ffn_down_projections(model)
     return []
+
+
+def ffn_down_projections(model: Any) -> list[str]:
+    """Names of the weight MatMuls that read a GELU's output: the FFN down-projections."""
+    ffn = gelu_outputs(model)
+    return [n.name for n in weight_matmuls(model) if n.input[0] in ffn]
 
 
 def quantize_blockwise(source: Path, out: Path, nodes: Sequence[str]) -> None:
@@ -103,9 +112,11 @@ def build_int8(
     per_channel: bool,
     feeds: Sequence[dict[str, np.ndarray]],
     int8_embeddings: bool = False,
+    fp32_nodes: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Write ``out``, the int8 graph of ``scheme`` (not ``auto``); returns the manifest facts.
-    ``int8_embeddings``: the word-embedding table in 8-bit row blocks too."""
+    ``int8_embeddings``: the word-embedding table in 8-bit row blocks too. ``fp32_nodes``:
+    weight MatMuls left in fp32 (``fallback.py`` chooses them)."""
     import onnx
 
     if scheme == "auto":
@@ -134,7 +145,9 @@ def build_int8(
     if nodes:
         quantize_blockwise(source, out, nodes)
         source = out
-    facts = quantize_int8(source, out, preset, per_channel, keep_fp32) | smoothing
+    facts = quantize_int8(source, out, preset, per_channel, [*keep_fp32, *fp32_nodes]) | smoothing
+    if fp32_nodes:
+        facts["fp32_fallback"] = list(fp32_nodes)
     facts["scheme"] = scheme
     if int8_embeddings:
         facts |= quantize_word_embeddings(out) or {}

@@ -156,6 +156,21 @@ def build_references(
     return refs
 
 
+def run_reference(session: Any, ref: Reference) -> np.ndarray:
+    """The variant's last hidden state for a reference's feed (one text)."""
+    return np.asarray(session.run(["last_hidden_state"], ref.feed)[0][0], dtype=np.float32)
+
+
+def word_cosines(out: np.ndarray, ref: Reference) -> np.ndarray:
+    """Each word's cosine between the variant's mean vector and the reference's."""
+    return _cosine(word_means(out, ref.word_tokens), word_means(ref.hidden, ref.word_tokens))
+
+
+def worst_words(session: Any, refs: Sequence[Reference]) -> np.ndarray:
+    """Each reference text's worst word cosine under the variant."""
+    return np.array([float(word_cosines(run_reference(session, ref), ref).min()) for ref in refs])
+
+
 def compare_variant(
     session: Any,
     refs: Sequence[Reference],
@@ -165,12 +180,10 @@ def compare_variant(
     """Figures of one variant (a ready onnxruntime session) against the references."""
     tok_cos, word_cos, max_abs = [], [], 0.0
     for ref in refs:
-        out = session.run(["last_hidden_state"], ref.feed)[0][0].astype(np.float32)
+        out = run_reference(session, ref)
         real = ref.content
         tok_cos.append(_cosine(out[real], ref.hidden[real]))
-        word_cos.append(
-            _cosine(word_means(out, ref.word_tokens), word_means(ref.hidden, ref.word_tokens))
-        )
+        word_cos.append(word_cosines(out, ref))
         max_abs = max(max_abs, float(np.abs(out[real] - ref.hidden[real]).max()))
         on_text()
     toks, words = np.concatenate(tok_cos), np.concatenate(word_cos)

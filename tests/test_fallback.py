@@ -1,0 +1,118 @@
+"""fp32 fallback by measured harm (export/ctxembed/export/fallback.py): the search, the graph it
+builds, and the export's auto path that runs it."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from ctxembed.cli import main
+from ctxembed.export import fallback
+from ctxembed.export.fallback import MAX_NODES, WORST_TEXTS, choose_fallback
+from ctxembed.export.int8_schemes import build_int8, ffn_down_projections
+from ctxembed.runtime.manifest import load_manifest
+
+# 40 texts, worst word 0.99 each but text 3 (0.95) and text 7 (0.97). In fp32, node "a" lifts
+# text 3 to 0.99, node "b" lifts text 7; "c" changes nothing.
+BASE = {3: 0.95, 7: 0.97}
+LIFTS = {"a": 3, "b": 7}
+
+
+def _fake_worst_words(session: frozenset[str], refs: Sequence[int]) -> np.ndarray:
+    lifted = {LIFTS[n] for n in session if n in LIFTS}
+    return np.array([0.99 if i in lifted else BASE.get(i, 0.99) for i in refs])
+
+
+@pytest.fixture
+def builds(monkeypatch: pytest.MonkeyPatch) -> list[frozenset[str]]:
+    """The fp32 node sets the search built, in order; worst_words reads them as the session."""
+    monkeypatch.setattr(fallback, "worst_words", _fake_worst_words)
+    return []
+
+
+def _build(builds: list[frozenset[str]]) -> Any:
+    def build(nodes: Sequence[str]) -> frozenset[str]:
+        builds.append(frozenset(nodes))
+        return frozenset(nodes)
+
+    return build
+
+
+def test_adds_the_most_helpful_nodes_until_the_worst_texts_pass(
+    builds: list[frozenset[str]],
+) -> None:
+    refs: Any = list(range(40))
+    found = choose_fallback(_build(builds), ["c", "b", "a"], refs, word_min=0.98)
+    assert found.nodes == ["a", "b"]  # "a" alone leaves text 7 at 0.97
+    # b and c leave the same worst word (text 3); b's shortfall is smaller: it fixes text 7
+    expected = {"c": (0.04, 0.95), "b": (0.03, 0.95), "a": (0.01, 0.97)}
+    assert {n: pytest.approx(v) for n, v in expected.items()} == found.probes
+    assert (found.worst_before, found.worst_after) == (0.95, 0.99)
+    # no fallback, each candidate alone, then the pair: never more builds than that
+    assert builds == [frozenset(), *(frozenset(n) for n in "cba"), frozenset("ab")]
+    assert found.facts()["worst_texts"] == WORST_TEXTS
+
+
+def test_one_node_that_suffices_is_all_it_takes(builds: list[frozenset[str]]) -> None:
+    refs: Any = list(range(40))
+    found = choose_fallback(_build(builds), ["c", "b", "a"], refs, word_min=0.96)
+    assert found.nodes == ["a"] and found.worst_after == 0.97
+    assert len(builds) == 4  # the one chosen was scored alone already
+
+
+def test_no_choice_within_the_limit_keeps_nothing(builds: list[frozenset[str]]) -> None:
+    refs: Any = list(range(40))
+    found = choose_fallback(_build(builds), ["c", "b", "a"], refs, word_min=0.999)
+    assert found.nodes == []
+    assert max(len(b) for b in builds) == min(MAX_NODES, 3)
+
+
+@pytest.fixture(scope="module")
+def tiny_outlier(tiny_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("fallback") / "tiny"
+    args = ["export", "--model", str(tiny_source), "--out", str(out), "--int8-scheme", "outlier"]
+    assert main([*args, "--int8-word-mean", "0.9", "--int8-word-min", "0.5"]) == 0
+    return out
+
+
+def test_a_fallback_node_stays_an_fp32_matmul(tiny_outlier: Path, tmp_path: Path) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    from ctxembed.export.calibrate import calibration_feeds
+
+    manifest = load_manifest(tiny_outlier)
+    feeds = calibration_feeds(
+        tiny_outlier / "tokenizer.json", manifest.graph_inputs, manifest.max_tokens
+    )
+    fused = tiny_outlier / "model.onnx"
+    down = ffn_down_projections(onnx.load(str(fused)))
+    assert len(down) == 2  # one per layer
+    out = tmp_path / "int8.onnx"
+    facts = build_int8(fused, out, "outlier", "avx2", True, feeds, fp32_nodes=down[:1])
+    assert facts["fp32_fallback"] == down[:1]
+    graph = onnx.load(str(out)).graph
+    weights = {w.name: w for w in graph.initializer}
+    kept = [n for n in graph.node if n.name == down[0]]
+    assert [n.op_type for n in kept] == ["MatMul"]
+    assert numpy_helper.to_array(weights[kept[0].input[1]]).dtype == np.float32
+    assert not [n for n in graph.node if n.name == down[1]]  # the other one is int8
+    assert [n.op_type for n in graph.node].count("MatMulInteger") == 3 * 2 - 1
+
+
+def test_auto_searches_a_fallback_when_only_the_worst_words_fail(
+    tiny_source: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The mean holds (threshold 0) and no worst word can reach 1.01: the outlier scheme's
+    search probes each FFN down-projection, finds no choice, and auto goes on to the next."""
+    out = tmp_path / "strict"
+    args = ["export", "--model", str(tiny_source), "--out", str(out)]
+    assert main([*args, "--int8-word-mean", "0", "--int8-word-min", "1.01"]) == 1
+    printed = capsys.readouterr()
+    probes = [ln for ln in printed.out.splitlines() if "in fp32: shortfall" in ln]
+    assert len(probes) == 2 and all("/output/dense/MatMul" in ln for ln in probes)
+    assert "int8 schemes tried:" in printed.err and "outlier" in printed.err
