@@ -268,3 +268,23 @@ def test_serving_path_report_renders() -> None:
     assert "| gRPC, inline | 1.800 | **0.400** |" in text
     assert "| gRPC, no-inline | 2.000 | **0.600** |" in text
     assert "| 32 | 110.0 | 100.0 | 1.10 |" in text
+
+
+def test_a_cached_export_chosen_from_another_auto_order_is_rebuilt(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """make bench reuses its MPNet export only while an export today would choose the same way."""
+    import json
+
+    from benchmarks.run import _has_scheme
+
+    assert _has_scheme(model_dir)
+    data = json.loads((model_dir / "manifest.json").read_text(encoding="utf-8"))
+    for item in model_dir.iterdir():
+        if item.name != "manifest.json":
+            (tmp_path / item.name).symlink_to(item)
+    for variant in data["variants"]:
+        if variant["name"] == "int8":
+            variant["quantization"]["auto"]["order"] = ["smooth", "blockwise"]
+    (tmp_path / "manifest.json").write_text(json.dumps(data), encoding="utf-8")
+    assert not _has_scheme(tmp_path)
