@@ -288,3 +288,19 @@ def test_a_cached_export_chosen_from_another_auto_order_is_rebuilt(
             variant["quantization"]["auto"]["order"] = ["smooth", "blockwise"]
     (tmp_path / "manifest.json").write_text(json.dumps(data), encoding="utf-8")
     assert not _has_scheme(tmp_path)
+
+
+def test_report_prints_int8_over_fp32() -> None:
+    from benchmarks.report import _int8_over_fp32
+
+    med = {"median": 10.0, "min": 9.0, "max": 11.0, "spread_pct": 10.0}
+    engines = {
+        "ctxembed-fp32": {"latency_p50_ms": {**med, "median": 22.0}, "texts_per_s": med},
+        "ctxembed-int8": {
+            "latency_p50_ms": {**med, "median": 10.0},
+            "texts_per_s": {**med, "median": 19.0},
+        },
+    }
+    [line] = _int8_over_fp32(engines)
+    assert "bank p50 **2.20×**, corpus texts/s **1.90×**" in line
+    assert _int8_over_fp32({"ctxembed-fp32": {"error": "skipped"}}) == []
