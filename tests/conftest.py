@@ -15,7 +15,14 @@ import pytest
 
 from ctxembed.runtime import WordEmbedder
 
-MODEL_FIXTURES = {"model_dir", "embedder", "fp32_embedder", "reference", "tiny_source"}
+MODEL_FIXTURES = {
+    "model_dir",
+    "embedder",
+    "fp32_embedder",
+    "reference",
+    "tiny_source",
+    "outlier_export",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -79,3 +86,14 @@ def tiny_source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
         shutil.copy(src / name, folder / name)
     yield folder
+
+
+@pytest.fixture(scope="session")
+def outlier_export(tiny_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model exported with the ``outlier`` int8 scheme (lenient thresholds)."""
+    from ctxembed.cli import main
+
+    out = tmp_path_factory.mktemp("outlier") / "tiny"
+    args = ["export", "--model", str(tiny_source), "--out", str(out), "--int8-scheme", "outlier"]
+    assert main([*args, "--int8-word-mean", "0.9", "--int8-word-min", "0.5"]) == 0
+    return out

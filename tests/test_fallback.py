@@ -71,25 +71,17 @@ def test_no_choice_within_the_limit_keeps_nothing(builds: list[frozenset[str]]) 
     assert max(len(b) for b in builds) == min(MAX_NODES, 3)
 
 
-@pytest.fixture(scope="module")
-def tiny_outlier(tiny_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("fallback") / "tiny"
-    args = ["export", "--model", str(tiny_source), "--out", str(out), "--int8-scheme", "outlier"]
-    assert main([*args, "--int8-word-mean", "0.9", "--int8-word-min", "0.5"]) == 0
-    return out
-
-
-def test_a_fallback_node_stays_an_fp32_matmul(tiny_outlier: Path, tmp_path: Path) -> None:
+def test_a_fallback_node_stays_an_fp32_matmul(outlier_export: Path, tmp_path: Path) -> None:
     import onnx
     from onnx import numpy_helper
 
     from ctxembed.export.calibrate import calibration_feeds
 
-    manifest = load_manifest(tiny_outlier)
+    manifest = load_manifest(outlier_export)
     feeds = calibration_feeds(
-        tiny_outlier / "tokenizer.json", manifest.graph_inputs, manifest.max_tokens
+        outlier_export / "tokenizer.json", manifest.graph_inputs, manifest.max_tokens
     )
-    fused = tiny_outlier / "model.onnx"
+    fused = outlier_export / "model.onnx"
     down = ffn_down_projections(onnx.load(str(fused)))
     assert len(down) == 2  # one per layer
     out = tmp_path / "int8.onnx"

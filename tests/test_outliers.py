@@ -5,20 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from ctxembed.cli import main
 from ctxembed.export.outliers import decompose_outliers, outlier_channels
 from ctxembed.runtime import WordEmbedder
 from ctxembed.runtime.manifest import load_manifest
-
-
-@pytest.fixture(scope="module")
-def outlier_export(tiny_source: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("outlier") / "tiny"
-    args = ["export", "--model", str(tiny_source), "--out", str(out), "--int8-scheme", "outlier"]
-    assert main([*args, "--int8-word-mean", "0.9", "--int8-word-min", "0.5"]) == 0
-    return out
 
 
 def test_outlier_channels_are_the_few_far_above_the_median() -> None:
