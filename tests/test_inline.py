@@ -17,6 +17,7 @@ from ctxembed.runtime.types import Limits, TextInput
 from ctxembed.service.batcher import PROBE_EVERY, QUIET_BATCHES, MicroBatcher
 from ctxembed.service.server import _load_models
 from ctxembed.service.settings import BatcherSettings, ServerSettings
+from ctxembed.service.status import DeadlineExpired
 from ctxembed.v1.wire import DecodedRequest
 
 LONE = DecodedRequest([TextInput(text="river bank")])
@@ -147,3 +148,20 @@ def test_several_models_run_nothing_inline_unless_a_model_setting_says() -> None
     assert [s.batcher.inline_max_tokens for s in served] == [0, 64]
     [alone] = _load_models(ServerSettings(), FakeModel())
     assert alone.batcher.inline_max_tokens == BatcherSettings().inline_max_tokens == 128
+
+
+def test_a_request_past_its_deadline_is_not_computed_inline() -> None:
+    async def scenario() -> None:
+        model = FakeModel()
+        batcher = MicroBatcher(model)
+        batcher.start()
+        try:
+            await _lone_calls(batcher, QUIET_BATCHES)
+            with pytest.raises(DeadlineExpired):
+                await batcher.submit(LONE, timeout=0.0)
+        finally:
+            await batcher.close()
+        assert batcher.stats.inline_runs == 0 and batcher.stats.dropped_deadline == 1
+        assert model.texts_computed == QUIET_BATCHES
+
+    asyncio.run(scenario())

@@ -177,7 +177,9 @@ class MicroBatcher:
                 f"about {self._pending_tokens} tokens already queued, the limit is"
                 f" {self.max_queued_tokens}"
             )
-        if est_tokens <= self.inline_max_tokens and self._alone():
+        # (a request whose deadline has passed takes the queue, which answers it at once)
+        live = timeout is None or timeout > 0
+        if est_tokens <= self.inline_max_tokens and live and self._alone():
             return self._run_inline(call, est_tokens)
         loop = asyncio.get_running_loop()
         now = time.monotonic()
