@@ -60,9 +60,9 @@ def choose_fallback(
     word_min: float,
     log: Callable[[str], None] = lambda _: None,
 ) -> Fallback:
-    """The fewest ``candidates`` (by measured harm) to keep in fp32 so that the worst
-    ``WORST_TEXTS`` of ``refs`` reach ``word_min``; ``nodes`` is empty when no choice of at most
-    ``MAX_NODES`` gets there."""
+    """``candidates`` to keep in fp32, the most helpful first (greedy, by measured harm), until
+    the worst ``WORST_TEXTS`` of ``refs`` reach ``word_min``; ``nodes`` is empty when the best
+    ``MAX_NODES`` do not get there."""
     per_text = worst_words(build([]), refs)
     worst = [refs[i] for i in np.argsort(per_text, kind="stable")[:WORST_TEXTS]]
     before = float(per_text.min())
