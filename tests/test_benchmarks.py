@@ -265,8 +265,8 @@ def test_serving_path_report_renders() -> None:
         },
     }
     text = serving_markdown(result)
-    assert "| gRPC, inline | 1.800 | **0.400** |" in text
-    assert "| gRPC, no-inline | 2.000 | **0.600** |" in text
+    assert "| gRPC, inline | 1.800 | **0.400** (missed) |" in text
+    assert "| gRPC, no-inline | 2.000 | **0.600** (missed) |" in text
     assert "| 32 | 110.0 | 100.0 | 1.10 |" in text
 
 
