@@ -304,3 +304,37 @@ def test_report_prints_int8_over_fp32() -> None:
     [line] = _int8_over_fp32(engines)
     assert "bank p50 **2.20×**, corpus texts/s **1.90×**" in line
     assert _int8_over_fp32({"ctxembed-fp32": {"error": "skipped"}}) == []
+
+
+def test_int8_report_names_the_shipped_default_and_its_ratio_to_fp32() -> None:
+    from benchmarks.bench_int8 import markdown as int8_markdown
+
+    def row(p50: float, tps: float, **quantization: Any) -> dict[str, Any]:
+        return {
+            "word_mean": 0.999,
+            "word_min": 0.99,
+            "bank_p50_ms": p50,
+            "bank_speed_ratio": 1.0,
+            "texts_per_s": tps,
+            "texts_speed_ratio": 1.0,
+            "meets_accuracy": True,
+            "meets_speed": False,
+            "quantization": quantization,
+        }
+
+    schemes = {
+        "fp32": row(20.0, 60.0),
+        "default": row(8.0, 120.0, scheme="outlier", fp32_fallback=["/l4/down/MatMul"]),
+    }
+    result = {
+        "started": "now",
+        "rounds": 3,
+        "machine": {"cpu": "cpu", "cpu_flags": ["avx2"], "versions": {"onnxruntime": "1"}},
+        "models": {"mpnet": {"schemes": schemes}},
+    }
+    text = int8_markdown(result)
+    assert "| default: outlier + 1 fp32 | 0.9990 | 0.9900 | 8.00 |" in text
+    assert (
+        "default: outlier + 1 fp32: int8 ÷ fp32 bank p50 **2.50×**, corpus texts/s **2.00×**"
+        in text
+    )
