@@ -22,7 +22,6 @@ fp32. Prints a table and writes benchmarks/results/int8.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import statistics
 import time
@@ -31,13 +30,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from benchmarks.saving import save_results
 from benchmarks.stats import percentiles
 from testkit.corpus import load_corpus
 from testkit.fidelity import GOAL, accuracy, held_out, references
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "benchmarks" / ".cache" / "int8"
-RESULTS = ROOT / "benchmarks" / "results"
 BANK = "I live near the bank of America"
 SCHEMES = ("dynamic", "calibrated", "smooth", "smooth-blockwise-ffn", "outlier", "blockwise")
 # What `ctxembed export` ships, chosen on the 3,000 selection texts (`make export`, and make
@@ -247,11 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     for model in args.models.split(","):
         result["models"][model] = run_model(model, args.rounds, args.reps, args.corpus_texts)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "int8.json").write_text(json.dumps(result, indent=1) + "\n")
-    md = markdown(result)
-    (RESULTS / "int8.md").write_text(md)
-    print(md)
+    save_results("int8", result, markdown(result))
     return 0
 
 

@@ -13,7 +13,6 @@ with the machine named and the worst words with their texts, and writes
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,12 +21,12 @@ from typing import Any
 import numpy as np
 
 from benchmarks.machine import machine_facts
+from benchmarks.saving import save_results
 from ctxembed.runtime import WordEmbedder
 from testkit.fidelity import GOAL, references
 
 ROOT = Path(__file__).resolve().parents[1]
 HELD_OUT = ROOT / "benchmarks" / "data" / "int8-heldout.txt"
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 def held_out_texts(limit: int | None = None) -> list[str]:
@@ -115,14 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runs": runs,
         "seconds": time.perf_counter() - started,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
     stem = f"fidelity-{emb.name}-{args.variant}"
     if "auto" not in quantization and args.variant == "int8":  # a scheme chosen by hand
         stem += f"-{result['scheme']}"
-    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
-    md = markdown(result)
-    (RESULTS / f"{stem}.md").write_text(md)
-    print(md)
+    save_results(stem, result, markdown(result), ensure_ascii=False)
     return 0
 
 

@@ -12,7 +12,6 @@ process) and texts/s, with the throughput ratio to the default.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Sequence
@@ -21,10 +20,10 @@ from typing import Any
 
 from benchmarks.bench_grpc import load
 from benchmarks.machine import machine_facts
+from benchmarks.saving import save_results
 from testkit.servers import ProcessServer
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 PROFILES = {"default": (), "low-memory": ("--parallel-runs", "1")}
 BUDGET_MIB = 200  # the edge target for the default model
 
@@ -88,11 +87,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rounds": args.rounds,
         "profiles": measure(args.model_dir, args.seconds, args.rounds),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "memory-profiles.json").write_text(json.dumps(result, indent=1) + "\n")
-    md = markdown(result)
-    (RESULTS / "memory-profiles.md").write_text(md)
-    print(md)
+    save_results("memory-profiles", result, markdown(result))
     return 0
 
 

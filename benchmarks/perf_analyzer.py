@@ -26,13 +26,13 @@ from typing import Any
 
 from benchmarks.bench_grpc import load
 from benchmarks.machine import machine_facts
+from benchmarks.saving import save_results
 from ctxembed.client import Client
 from testkit.corpus import load_corpus
 from testkit.servers import ProcessServer
 from testkit.triton import TritonTools, Unavailable, check_perf_analyzer, ensure
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 def perf_analyzer(
@@ -163,11 +163,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Unavailable as exc:
         result["skipped"] = str(exc)
         print(f"perf_analyzer: skipped: {exc}", flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "perf-analyzer.json").write_text(json.dumps(result, indent=1) + "\n")
-    md = markdown(result)
-    (RESULTS / "perf-analyzer.md").write_text(md)
-    print(md)
+    save_results("perf-analyzer", result, markdown(result))
     return 0
 
 

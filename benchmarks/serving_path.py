@@ -13,7 +13,6 @@ cost nothing under concurrency. Writes benchmarks/results/serving-path.{json,md}
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from collections.abc import Sequence
@@ -26,13 +25,13 @@ from benchmarks import echo_server
 from benchmarks.bench_grpc import _echo_server, load
 from benchmarks.engines import BANK, time_calls
 from benchmarks.machine import machine_facts
+from benchmarks.saving import save_results
 from benchmarks.stats import percentiles
 from ctxembed.client import Client
 from ctxembed.runtime import TextInput, WordEmbedder
 from testkit.servers import ProcessServer
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 SERVERS = {"inline": (), "no-inline": ("--inline-max-tokens", "0")}
 LEVELS = (1, 2, 4, 16, 32)
 TARGET_MS = 0.25  # beyond the echo's round trip
@@ -126,11 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seconds": args.seconds,
         "result": measure(args.model_dir, args.rounds, args.reps, args.seconds),
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "serving-path.json").write_text(json.dumps(result, indent=1) + "\n")
-    md = markdown(result)
-    (RESULTS / "serving-path.md").write_text(md)
-    print(md)
+    save_results("serving-path", result, markdown(result))
     return 0
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shlex
 import signal
@@ -43,6 +42,7 @@ import numpy as np
 
 from benchmarks.bench_grpc import start_server, stop
 from benchmarks.machine import machine_facts
+from benchmarks.saving import save_results
 from ctxembed.client import Client
 from ctxembed.v1 import embedder_pb2 as pb
 from ctxembed.v1 import embedder_pb2_grpc as pb_grpc
@@ -51,7 +51,6 @@ from testkit.corpus import load_corpus
 from testkit.fuzz import fuzz
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 BANK = "I live near the bank of America"
 TEXTS = load_corpus(64)
 
@@ -437,12 +436,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"[{number}] {name} ...", flush=True)
         result["scenarios"][name] = run()
         print(f"    passed: {result['scenarios'][name]['passed']}", flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     stem = args.name or ("stress" if only == set(scenarios) else "stress-partial")
-    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1, default=str) + "\n")
-    md = markdown(result)
-    (RESULTS / f"{stem}.md").write_text(md)
-    print(md)
+    save_results(stem, result, markdown(result), default=str)
     return 0 if all(v["passed"] for v in result["scenarios"].values()) else 1
 
 
