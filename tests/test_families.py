@@ -105,6 +105,8 @@ def test_export_validates_against_pytorch(exported: Exported) -> None:
     assert figures["word_cosine_min"] >= 0.9999
     assert manifest.max_tokens == MAX_TOKENS
     assert manifest.tokenizer.lowercase == exported.family.lowercase
+    if exported.family.model_type == "mpnet":  # unfused attention: q, k, v merged per layer
+        assert manifest.variant("fp32").optimization["merged_matmuls"] == manifest.num_layers
 
 
 @pytest.mark.parametrize("text", TRICKY)

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from ctxembed.export.merge_matmuls import merge_shared_input_matmuls
+
 # "auto" picks the preset from this CPU's flags (detect_cpu_preset).
 QuantPresetChoice = Literal["auto", "avx2", "avx512", "avx512_vnni", "arm64"]
 QUANT_PRESETS: tuple[QuantPresetChoice, ...] = get_args(QuantPresetChoice)[1:]
@@ -19,6 +21,11 @@ QUANTIZED_OPERATORS = ("MatMul", "Attention")
 class Fused:
     path: Path
     fusions: dict[str, int]  # fused operator → count, for the manifest
+    merged_matmuls: int  # groups of MatMuls reading one input, merged (merge_matmuls.py)
+
+    def optimization(self) -> dict[str, Any]:
+        """The manifest's ``optimization`` entry of a variant built from this graph."""
+        return {"fusions": self.fusions, "merged_matmuls": self.merged_matmuls}
 
 
 def _heads_and_hidden(config: Any) -> tuple[int, int]:
@@ -58,14 +65,16 @@ def _bert_optimizer(model: Path, config: Any, use_gpu: bool) -> Any:
 
 
 def fuse(model: Path, out: Path, config: Any, use_gpu: bool) -> Fused:
-    """Attention, SkipLayerNormalization, BiasGelu... fusions; counts what was fused."""
+    """Attention, SkipLayerNormalization, BiasGelu... fusions, then the MatMuls that share an
+    input (an unfused attention's q, k, v) merged into one; counts what was fused."""
     optimized = _bert_optimizer(model, config, use_gpu)
+    merged = merge_shared_input_matmuls(optimized.model)
     optimized.save_model_to_file(str(out))
     counts: dict[str, int] = {}
     for node in optimized.model.graph.node:
         if node.op_type in FUSED_OPS:
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return Fused(out, counts)
+    return Fused(out, counts, merged)
 
 
 def to_fp16(model: Path, out: Path, config: Any) -> None:

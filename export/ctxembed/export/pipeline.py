@@ -244,9 +244,7 @@ def _build(
     variants: list[Variant] = []
     with steps.step(f"Optimizing for {opts.target} (ONNX Runtime transformer fusions)"):
         fused = fuse(raw, tmp / "model.onnx", source.config, use_gpu=False)
-        variants.append(
-            _variant("fp32", "model.onnx", "fp32", "cpu", tmp, {"fusions": fused.fusions})
-        )
+        variants.append(_variant("fp32", "model.onnx", "fp32", "cpu", tmp, fused.optimization()))
     # The tokenizer comes first: int8 calibration tokenizes with it.
     with steps.step("Writing the tokenizer (padding and truncation cleared)"):
         tokenizer, tokenizer_max = write_tokenizer(source.location, source.revision, tmp)
@@ -273,7 +271,7 @@ def _build(
             quant = _int8_by_scheme(opts, fused.path, int8, preset, feeds, references)
             quant["selection"] = {"set": selection_name, "texts": len(selection)}
             variants.append(
-                _variant("int8", int8.name, "int8", "cpu", tmp, {"fusions": fused.fusions}, quant)
+                _variant("int8", int8.name, "int8", "cpu", tmp, fused.optimization(), quant)
             )
     elif opts.target == "cuda":
         with steps.step("Converting to fp16 for CUDA"):
