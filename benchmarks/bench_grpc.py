@@ -115,8 +115,15 @@ def stage_split(stats: dict[str, Any]) -> dict[str, float]:
 @contextlib.contextmanager
 def _echo_server() -> Iterator[int]:
     """benchmarks.echo_server in a subprocess; yields its port."""
+    with port_server("benchmarks.echo_server") as port:
+        yield port
+
+
+@contextlib.contextmanager
+def port_server(module: str, *args: str) -> Iterator[int]:
+    """``python -m module args`` (a server that prints "port N" once listening); yields N."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "benchmarks.echo_server"], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", module, *args], stdout=subprocess.PIPE, text=True
     )
     try:
         assert proc.stdout is not None

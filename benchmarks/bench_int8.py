@@ -62,9 +62,19 @@ def fp32_export(model: str, source: Path) -> Path:
     from ctxembed.export import ExportOptions, export_model
 
     out = CACHE / model / "fp32"
-    if not (out / "manifest.json").is_file():
+    if not _made_today(out):
+        shutil.rmtree(CACHE / model, ignore_errors=True)  # every scheme was built from it
         export_model(ExportOptions(model=str(source), out=out, quantize="none", force=True))
     return out
+
+
+def _made_today(fp32: Path) -> bool:
+    """The cached fp32 export is what an export makes now (merged MatMuls recorded)."""
+    from ctxembed.runtime.manifest import load_manifest
+
+    if not (fp32 / "manifest.json").is_file():
+        return False
+    return "merged_matmuls" in load_manifest(fp32).variant("fp32").optimization
 
 
 def scheme_folder(fp32: Path, scheme: str) -> Path:

@@ -101,14 +101,20 @@ def mpnet_base() -> Model:
 
 
 def _has_scheme(exported: Path) -> bool:
-    """An export from before int8 schemes existed, or whose scheme ``auto`` chose from another
-    order than today's, is rebuilt: it would not be what an export makes now."""
+    """An export from before int8 schemes or merged MatMuls existed, or whose scheme ``auto``
+    chose from another order than today's, is rebuilt: it would not be what an export makes
+    now."""
     from ctxembed.export.int8_schemes import AUTO_ORDER
     from ctxembed.runtime.manifest import load_manifest
 
-    quantization = load_manifest(exported).variant("int8").quantization or {}
+    int8 = load_manifest(exported).variant("int8")
+    quantization = int8.quantization or {}
     auto = quantization.get("auto")
-    return "scheme" in quantization and (auto is None or auto["order"] == list(AUTO_ORDER))
+    return (
+        "scheme" in quantization
+        and (auto is None or auto["order"] == list(AUTO_ORDER))
+        and "merged_matmuls" in int8.optimization
+    )
 
 
 def run_engines(model: Model, mode: Mode) -> dict[str, Any]:

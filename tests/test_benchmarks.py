@@ -146,6 +146,7 @@ def test_report_renders(tmp_path: Path) -> None:
         "a bare grpc.aio echo server with no ctxembed code 0.45 ms: ctxembed's serving path"
         " beyond that echo **0.05 ms** (target ≤ 0.25)"
     ) in md
+    assert "at most **5.13×** on this machine for any server" in md  # 10 / (1.5 + 0.45)
     written = plots(result, tmp_path, "quick")
     assert all(p.stat().st_size > 1000 for p in written)
 
@@ -256,8 +257,14 @@ def test_serving_path_report_renders() -> None:
             "versions": {"grpcio": "1"},
         },
         "result": {
-            "p50_ms": {"in_process": 1.0, "echo": 0.4, "inline": 1.8, "no-inline": 2.0},
-            "beyond_echo_ms": {"inline": 0.4, "no-inline": 0.6},
+            "p50_ms": {
+                "in_process": 1.0,
+                "echo": 0.4,
+                "inline": 1.8,
+                "no-inline": 2.0,
+                "python floor": 1.7,
+            },
+            "beyond_echo_ms": {"inline": 0.4, "no-inline": 0.6, "python floor": 0.3},
             "texts_per_s": {
                 "inline": {str(c): 110.0 for c in LEVELS},
                 "no-inline": {str(c): 100.0 for c in LEVELS},
@@ -268,12 +275,34 @@ def test_serving_path_report_renders() -> None:
     assert "| gRPC, inline | 1.800 | **0.400** (missed) |" in text
     assert "| gRPC, no-inline | 2.000 | **0.600** (missed) |" in text
     assert "| 32 | 110.0 | 100.0 | 1.10 |" in text
+    assert "| gRPC, the Python floor (`benchmarks.floor_server`) | 1.700 | 0.300 |" in text
+    assert "serve (inline) adds 0.100 ms on top of it" in text
+    assert "sits below that floor" in text
+
+
+def test_the_floor_server_answers_as_the_engine(model_dir: Path, embedder: Any) -> None:
+    """benchmarks.floor_server (serving_path's lower bound) does the real work of a call."""
+    import numpy as np
+
+    from benchmarks.bench_grpc import port_server
+    from ctxembed.client import Client
+    from ctxembed.runtime import TextInput
+
+    bank = [TextInput(text="I sat by the river bank", select_words=["bank"])]
+    with (
+        port_server("benchmarks.floor_server", str(model_dir)) as port,
+        Client(f"127.0.0.1:{port}") as client,
+    ):
+        [served] = client.embed(bank)
+    [local] = embedder.embed(bank)
+    assert [w.text for w in served.words] == ["bank"]
+    np.testing.assert_allclose(served.vectors, local.vectors, rtol=1e-5, atol=1e-6)
 
 
 def test_a_cached_export_chosen_from_another_auto_order_is_rebuilt(
     model_dir: Path, tmp_path: Path
 ) -> None:
-    """make bench reuses its MPNet export only while an export today would choose the same way."""
+    """make bench reuses its MPNet export only while an export today would make the same."""
     import json
 
     from benchmarks.run import _has_scheme
@@ -283,9 +312,14 @@ def test_a_cached_export_chosen_from_another_auto_order_is_rebuilt(
     for item in model_dir.iterdir():
         if item.name != "manifest.json":
             (tmp_path / item.name).symlink_to(item)
-    for variant in data["variants"]:
-        if variant["name"] == "int8":
-            variant["quantization"]["auto"]["order"] = ["smooth", "blockwise"]
+    [int8] = [v for v in data["variants"] if v["name"] == "int8"]
+    order = int8["quantization"]["auto"]["order"]
+    int8["quantization"]["auto"]["order"] = ["smooth", "blockwise"]
+    (tmp_path / "manifest.json").write_text(json.dumps(data), encoding="utf-8")
+    assert not _has_scheme(tmp_path)
+    # the same order, but fused before MatMuls that share an input were merged
+    int8["quantization"]["auto"]["order"] = order
+    del int8["optimization"]["merged_matmuls"]
     (tmp_path / "manifest.json").write_text(json.dumps(data), encoding="utf-8")
     assert not _has_scheme(tmp_path)
 
