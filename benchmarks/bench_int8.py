@@ -43,7 +43,7 @@ SCHEMES = ("dynamic", "calibrated", "smooth", "smooth-blockwise-ffn", "outlier",
 # bench's MPNet export): measured beside the schemes when present, as "default".
 DEFAULT_EXPORTS = {
     "minilm": ROOT / "models" / "all-MiniLM-L6-v2",
-    "mpnet": ROOT / "benchmarks" / ".cache" / "all-mpnet-base-v2-onnx",
+    "mpnet": ROOT / "benchmarks" / ".cache" / "mpnet" / "all-mpnet-base-v2",
 }
 
 

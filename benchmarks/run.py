@@ -88,7 +88,8 @@ def mpnet_base() -> Model:
     from testkit.mpnet import default_cache, fetch
 
     source = fetch(default_cache())
-    exported = CACHE / "all-mpnet-base-v2-onnx"
+    # the folder names the model (manifest, result files): the model's own name
+    exported = CACHE / "mpnet" / "all-mpnet-base-v2"
     if not _current(exported) or not _has_scheme(exported):
         from ctxembed.export import ExportOptions, export_model
 

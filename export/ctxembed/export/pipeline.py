@@ -1,9 +1,12 @@
 """The export pipeline, in the six steps the command prints:
 
-1. resolve the source (``source.py``)         4. write the tokenizer (``tokenizer_files.py``)
-2. export to ONNX (``onnx_graph.py``)           5. int8 for CPU or fp16 for CUDA (``optimize.py``,
-3. transformer fusions (``optimize.py``)           ``calibrate.py``)
-                                                6. validate against PyTorch (``validate.py``)
+1. resolve the source (``source.py``)
+2. export to ONNX (``onnx_graph.py``)
+3. transformer fusions, and MatMuls that share an input merged (``optimize.py``,
+   ``merge_matmuls.py``)
+4. write the tokenizer (``tokenizer_files.py``)
+5. int8 for CPU or fp16 for CUDA (``optimize.py``, ``int8_schemes.py``, ``calibrate.py``)
+6. validate against PyTorch (``validate.py``)
 
 The output folder is checked before any work. Everything is written into a temporary sibling of
 it and renamed into place only when every variant has passed validation, so a failed export
