@@ -163,13 +163,32 @@ def bare_echo_throughput(concurrency: int, seconds: float) -> float:
         return asyncio.run(_echo_load(port, concurrency, seconds))
 
 
-def one_client(address: str, reps: int) -> dict[str, Any]:
-    """Bank-sentence latency, and an empty RPC's (GetModelInfo): gRPC's own floor here."""
+FLOOR_ROUNDS = 4
+
+
+def one_client(address: str, reps: int, floor_model: Path | None = None) -> dict[str, Any]:
+    """Bank-sentence latency, and an empty RPC's (GetModelInfo): gRPC's own floor here. With
+    ``floor_model``, also the same call to benchmarks.floor_server over that model (the least a
+    Python grpc.aio server adds), in rounds interleaved with ctxembed's (the machine drifts)."""
     bank = [TextInput(text=BANK, select_words=["bank"])]
+    result: dict[str, Any] = {}
     with Client(address) as client:
-        embed = percentiles(time_calls(lambda: client.embed(bank), reps, warmup=50))
-        floor = percentiles(time_calls(client.info, reps, warmup=50))
-    return {**embed, "empty_rpc": floor, "bare_echo": bare_echo_round_trip(reps)}
+        if floor_model is None:
+            result |= percentiles(time_calls(lambda: client.embed(bank), reps, warmup=50))
+        else:
+            samples: dict[str, list[float]] = {"served": [], "floor": []}
+            with (
+                port_server("benchmarks.floor_server", str(floor_model)) as port,
+                Client(f"127.0.0.1:{port}") as floor,
+            ):
+                for _ in range(FLOOR_ROUNDS):
+                    for name, c in (("served", client), ("floor", floor)):
+                        call = lambda c=c: c.embed(bank)  # noqa: E731
+                        samples[name] += time_calls(call, reps // FLOOR_ROUNDS, warmup=20)
+            result |= percentiles(samples["served"])
+            result["python_floor"] = percentiles(samples["floor"])
+        result["empty_rpc"] = percentiles(time_calls(client.info, reps, warmup=50))
+    return result | {"bare_echo": bare_echo_round_trip(reps)}
 
 
 def metrics_cost(model_dir: Path, reps: int, rounds: int = 4) -> dict[str, float]:
@@ -203,7 +222,8 @@ def run_setting(
 ) -> dict[str, Any]:
     server, startup = start_server(model_dir, extra)
     try:
-        single = one_client(server.address, reps)
+        # the default setting is also set beside the Python floor (benchmarks.floor_server)
+        single = one_client(server.address, reps, None if extra else model_dir)
         sweep = [load(server.address, c, seconds, texts, min(c, channels)) for c in levels]
         rss = server.peak_rss_mb
     finally:

@@ -68,7 +68,12 @@ def _result() -> dict[str, Any]:
         "ctxembed-fp32": {"error": "skipped"},
         "ctxembed-int8": {"latency_p50_ms": med, "texts_per_s": {**med, "median": 400.0}},
     }
-    one = {"p50_ms": 2.0, "empty_rpc": {"p50_ms": 0.5}, "bare_echo": {"p50_ms": 0.45}}
+    one = {
+        "p50_ms": 2.0,
+        "empty_rpc": {"p50_ms": 0.5},
+        "bare_echo": {"p50_ms": 0.45},
+        "python_floor": {"p50_ms": 1.6},
+    }
     grpc = {
         "in_process_bank": {"p50_ms": 1.5},
         "bare_echo_32_clients_per_s": 4000.0,
@@ -147,6 +152,7 @@ def test_report_renders(tmp_path: Path) -> None:
         " beyond that echo **0.05 ms** (target ≤ 0.25)"
     ) in md
     assert "at most **5.13×** on this machine for any server" in md  # 10 / (1.5 + 0.45)
+    assert "**6.25×** for the least a Python grpc.aio server does" in md  # 10 / 1.6
     written = plots(result, tmp_path, "quick")
     assert all(p.stat().st_size > 1000 for p in written)
 
