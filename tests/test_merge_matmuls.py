@@ -74,6 +74,17 @@ def test_q_k_v_merge_into_one_matmul_with_the_same_outputs() -> None:
         assert not names & {"Wq", "Wk", "Wv", "bq", "bk", "bv"}  # the originals are gone
 
 
+def test_a_matmul_whose_output_the_graph_returns_is_not_merged() -> None:
+    model = _graph()
+    model.graph.output.append(helper.make_tensor_value_info("k_mm", TensorProto.FLOAT, None))
+    x = RNG.normal(size=(1, 3, 8)).astype(np.float32)
+    before = _run(model, x)
+    assert merge_shared_input_matmuls(model) == 1  # q and v only
+    assert Counter(n.op_type for n in model.graph.node)["MatMul"] == 4  # q+v, k, no-bias, o
+    for a, b in zip(before, _run(model, x), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6)
+
+
 def test_nothing_to_merge_leaves_the_graph_alone() -> None:
     model = _graph()
     del model.graph.node[2:6]  # only q reads x with a bias now

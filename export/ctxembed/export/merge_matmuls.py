@@ -44,9 +44,10 @@ def merge_shared_input_matmuls(model: Any) -> int:
     for node in graph.node:
         for name in node.input:
             readers[name].append(node)
+    outputs = {o.name for o in graph.output}  # a graph output must keep its producer
     groups: dict[str, list[tuple[Any, Any, str]]] = defaultdict(list)  # input -> members
     for node in graph.node:
-        if node.op_type != "MatMul" or node.input[1] not in weights:
+        if node.op_type != "MatMul" or node.input[1] not in weights or node.output[0] in outputs:
             continue
         found = _bias_add(node, readers, weights)
         if found is not None and len(weights[node.input[1]].dims) == 2:
