@@ -3,22 +3,42 @@
     python -m benchmarks.echo_server   # prints "port N" once listening, serves until killed
 
 It runs on the same (default) event loop as ``ctxembed serve``, so the difference between its
-round trip and ctxembed's is ctxembed's own overhead.
+round trip and ctxembed's is ctxembed's own overhead. An empty request is echoed at once; a
+request of ``busy_request(seconds)`` keeps the handler computing (a busy loop on the event loop,
+touching no memory) for that long first, as a server's model run would: what a round trip
+around that much server work costs, with no ctxembed code in it.
 """
 
 from __future__ import annotations
 
+import struct
 import sys
+import time
 
 import grpc
 
 from ctxembed.service import event_loop
 
 METHOD = "/bench.Echo/Echo"
+_SECONDS = struct.Struct("<d")
+
+
+def busy_request(seconds: float) -> bytes:
+    """The request that keeps the echo's handler busy for ``seconds`` before it answers."""
+    return _SECONDS.pack(seconds)
+
+
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
 
 
 async def _serve() -> None:
     async def echo(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        if len(request) == _SECONDS.size:
+            _spin(_SECONDS.unpack(request)[0])
+            return b""
         return request
 
     handler = grpc.method_handlers_generic_handler(

@@ -284,6 +284,31 @@ def test_serving_path_report_renders() -> None:
     assert "| gRPC, the Python floor (`benchmarks.floor_server`) | 1.700 | 0.300 |" in text
     assert "serve (inline) adds 0.100 ms on top of it" in text
     assert "sits below that floor" in text
+    assert "busy for the in-process p50" not in text  # saved before the busy echo existed
+    figures: dict[str, Any] = result["result"]  # type: ignore[assignment]
+    figures["p50_ms"]["busy echo"] = 1.52
+    figures["beyond_echo_ms"]["busy echo"] = 0.12
+    text = serving_markdown(result)
+    assert "| the echo, its handler busy for the in-process p50 | 1.520 | 0.120 |" in text
+    assert "Of the floor, 0.120 ms is paid by the bare echo" in text
+    assert "The other 0.180 ms is the floor's own" in text
+
+
+def test_the_busy_echo_computes_for_as_long_as_asked() -> None:
+    """serving_path's busy echo: a round trip around that much server work, no ctxembed code."""
+    import time
+
+    import grpc
+
+    from benchmarks import echo_server
+    from benchmarks.bench_grpc import _echo_server
+
+    with _echo_server() as port, grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        echo = channel.unary_unary(echo_server.METHOD, None, None)
+        assert echo(b"abc") == b"abc"
+        start = time.perf_counter()
+        assert echo(echo_server.busy_request(0.05)) == b""
+        assert time.perf_counter() - start >= 0.05
 
 
 def test_the_floor_server_answers_as_the_engine(model_dir: Path, embedder: Any) -> None:
