@@ -8,13 +8,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -166,27 +167,41 @@ def bare_echo_throughput(concurrency: int, seconds: float) -> float:
 FLOOR_ROUNDS = 4
 
 
-def one_client(address: str, reps: int, floor_model: Path | None = None) -> dict[str, Any]:
+def one_client(
+    address: str, reps: int, floor_model: Path | None = None, busy_s: float | None = None
+) -> dict[str, Any]:
     """Bank-sentence latency, and an empty RPC's (GetModelInfo): gRPC's own floor here. With
     ``floor_model``, also the same call to benchmarks.floor_server over that model (the least a
-    Python grpc.aio server adds), in rounds interleaved with ctxembed's (the machine drifts)."""
+    Python grpc.aio server adds), and with ``busy_s`` a bare echo whose handler computes that
+    long (the in-process p50: what a round trip around that much server work costs with no
+    ctxembed code), in rounds interleaved with ctxembed's (the machine drifts)."""
     bank = [TextInput(text=BANK, select_words=["bank"])]
     result: dict[str, Any] = {}
     with Client(address) as client:
         if floor_model is None:
             result |= percentiles(time_calls(lambda: client.embed(bank), reps, warmup=50))
         else:
-            samples: dict[str, list[float]] = {"served": [], "floor": []}
+            samples: dict[str, list[float]] = {"served": [], "floor": [], "busy": []}
             with (
                 port_server("benchmarks.floor_server", str(floor_model)) as port,
                 Client(f"127.0.0.1:{port}") as floor,
+                _echo_server() as echo_port,
+                grpc.insecure_channel(f"127.0.0.1:{echo_port}") as channel,
             ):
+                echo = channel.unary_unary(echo_server.METHOD, None, None)
+                calls: dict[str, Callable[[], object]] = {
+                    "served": lambda: client.embed(bank),
+                    "floor": lambda: floor.embed(bank),
+                }
+                if busy_s is not None:
+                    calls["busy"] = functools.partial(echo, echo_server.busy_request(busy_s))
                 for _ in range(FLOOR_ROUNDS):
-                    for name, c in (("served", client), ("floor", floor)):
-                        call = lambda c=c: c.embed(bank)  # noqa: E731
+                    for name, call in calls.items():
                         samples[name] += time_calls(call, reps // FLOOR_ROUNDS, warmup=20)
             result |= percentiles(samples["served"])
             result["python_floor"] = percentiles(samples["floor"])
+            if busy_s is not None:
+                result["busy_echo"] = percentiles(samples["busy"]) | {"busy_ms": busy_s * 1e3}
         result["empty_rpc"] = percentiles(time_calls(client.info, reps, warmup=50))
     return result | {"bare_echo": bare_echo_round_trip(reps)}
 
@@ -219,11 +234,15 @@ def run_setting(
     reps: int,
     texts: int | None = None,
     channels: int = 1,
+    busy_s: float | None = None,
 ) -> dict[str, Any]:
+    """One server with ``extra`` flags: start-up, one client, the concurrency sweep, memory.
+    The default setting (no flags) is also set beside the Python floor and, given the in-process
+    p50 as ``busy_s``, an echo computing that long (see one_client)."""
     server, startup = start_server(model_dir, extra)
     try:
-        # the default setting is also set beside the Python floor (benchmarks.floor_server)
-        single = one_client(server.address, reps, None if extra else model_dir)
+        floor = None if extra else model_dir
+        single = one_client(server.address, reps, floor, busy_s if floor else None)
         sweep = [load(server.address, c, seconds, texts, min(c, channels)) for c in levels]
         rss = server.peak_rss_mb
     finally:
@@ -255,10 +274,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--compare-spinning", action="store_true")
     args = p.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
+    engine = in_process_bank(args.model_dir, args.reps)
     result: dict[str, Any] = {
-        "in_process_bank": in_process_bank(args.model_dir, args.reps),
+        "in_process_bank": engine,
         "import_torch_transformers_s": import_torch_seconds(),
-        "default": run_setting(args.model_dir, [], levels, args.seconds, args.reps),
+        "default": run_setting(
+            args.model_dir, [], levels, args.seconds, args.reps, busy_s=engine["p50_ms"] / 1e3
+        ),
         "bare_echo_32_clients_per_s": bare_echo_throughput(32, args.seconds),
     }
     if args.compare_spinning:

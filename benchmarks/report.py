@@ -285,6 +285,13 @@ def _served_bound(model: dict[str, Any]) -> str:
         f" any server: the usual recipe ÷ (in-process p50 {_f(in_process)} ms + a bare echo's"
         f" {_f(echo['p50_ms'])} ms)"
     )
+    busy = one.get("busy_echo")
+    if busy:
+        text += (
+            f", or **{_f(usual / busy['p50_ms'])}×** with what this machine adds to a round trip"
+            f" around that much server work (the echo computing {_f(busy['busy_ms'])} ms:"
+            f" p50 {_f(busy['p50_ms'])} ms, no ctxembed code)"
+        )
     if floor:
         text += (
             f"; **{_f(usual / floor['p50_ms'])}×** for the least a Python grpc.aio server does"

@@ -73,6 +73,7 @@ def _result() -> dict[str, Any]:
         "empty_rpc": {"p50_ms": 0.5},
         "bare_echo": {"p50_ms": 0.45},
         "python_floor": {"p50_ms": 1.6},
+        "busy_echo": {"p50_ms": 2.5, "busy_ms": 1.5},
     }
     grpc = {
         "in_process_bank": {"p50_ms": 1.5},
@@ -153,6 +154,8 @@ def test_report_renders(tmp_path: Path) -> None:
     ) in md
     assert "at most **5.13×** on this machine for any server" in md  # 10 / (1.5 + 0.45)
     assert "**6.25×** for the least a Python grpc.aio server does" in md  # 10 / 1.6
+    assert "or **4.00×** with what this machine adds" in md  # 10 / 2.5
+    assert "the echo computing 1.50 ms: p50 2.50 ms" in md
     written = plots(result, tmp_path, "quick")
     assert all(p.stat().st_size > 1000 for p in written)
 
@@ -328,6 +331,21 @@ def test_the_floor_server_answers_as_the_engine(model_dir: Path, embedder: Any) 
     [local] = embedder.embed(bank)
     assert [w.text for w in served.words] == ["bank"]
     np.testing.assert_allclose(served.vectors, local.vectors, rtol=1e-5, atol=1e-6)
+
+
+def test_one_client_sets_the_floor_and_a_busy_echo_beside_ctxembed(model_dir: Path) -> None:
+    """make bench's default setting: ctxembed, the Python floor and an echo computing for the
+    given time, in interleaved rounds (the served bound for target 3 reads all three)."""
+    from benchmarks.bench_grpc import one_client, start_server, stop
+
+    server, _ = start_server(model_dir, [])
+    try:
+        result = one_client(server.address, 8, model_dir, busy_s=0.02)
+    finally:
+        stop(server)
+    assert result["busy_echo"]["busy_ms"] == pytest.approx(20.0)
+    assert result["busy_echo"]["p50_ms"] >= 20.0
+    assert 0 < result["python_floor"]["p50_ms"] < 20.0 and 0 < result["p50_ms"] < 20.0
 
 
 def test_a_cached_export_chosen_from_another_auto_order_is_rebuilt(
