@@ -257,9 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             str(mode.reps * 3),
         )
         print("  gRPC: start-up, one client, concurrency sweep ...", flush=True)
-        engine = bench_grpc.in_process_bank(model.model_dir, mode.reps * 3)
+        bank = bench_grpc.in_process_bank(model.model_dir, mode.reps * 3)
         grpc = {
-            "in_process_bank": engine,
+            "in_process_bank": bank,
             "default": bench_grpc.run_setting(
                 model.model_dir,
                 [],
@@ -267,7 +267,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 mode.grpc_seconds,
                 mode.reps * 3,
                 mode.texts,
-                busy_s=engine["p50_ms"] / 1e3,
+                busy_s=bank["p50_ms"] / 1e3,
             ),
             "bare_echo_32_clients_per_s": bench_grpc.bare_echo_throughput(32, mode.grpc_seconds),
             "metrics_cost": bench_grpc.metrics_cost(model.model_dir, mode.reps * 2),
