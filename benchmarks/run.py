@@ -40,6 +40,8 @@ class Mode:
 
 QUICK = Mode("quick", texts=192, reps=100, repeats=2, grpc_seconds=2.0)
 FULL = Mode("full", texts=1000, reps=300, repeats=3, grpc_seconds=5.0)
+# Every step once, on a few texts: that the harness runs through (make test-slow), no figures.
+SMOKE = Mode("smoke", texts=8, reps=6, repeats=1, grpc_seconds=0.3, levels=(1, 4))
 
 
 @dataclass(frozen=True)
@@ -220,11 +222,14 @@ def roofline(
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("--quick", action="store_true")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--quick", action="store_true")
+    which.add_argument("--smoke", action="store_true", help="every step once, no real figures")
     p.add_argument("--model-dir", type=Path, default=ROOT / "models" / "all-MiniLM-L6-v2")
     p.add_argument("--skip-base", action="store_true", help="MiniLM only")
+    p.add_argument("--results", type=Path, default=RESULTS, help="where to write the report")
     args = p.parse_args(argv)
-    mode = QUICK if args.quick else FULL
+    mode = QUICK if args.quick else SMOKE if args.smoke else FULL
     started = time.time()
     from benchmarks.roofline import matmul_gflops, memory_gbps
     from ctxembed.export.source import embedded_model_dir
@@ -315,13 +320,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     result["import_torch_transformers_s"] = bench_grpc.import_torch_seconds()
     result["installed_size_mb"] = _installed_sizes()
     result["seconds"] = time.time() - started
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{mode.name}.json").write_text(json.dumps(result, indent=1) + "\n")
-    md = write_report(result, RESULTS, mode.name)
+    out: Path = args.results
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{mode.name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    md = write_report(result, out, mode.name)
     print(md)
-    print(
-        f"wrote {RESULTS}/{mode.name}.json, {mode.name}.md and plots in {result['seconds']:.0f} s"
-    )
+    print(f"wrote {out}/{mode.name}.json, {mode.name}.md and plots in {result['seconds']:.0f} s")
     return 0
 
 

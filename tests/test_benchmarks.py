@@ -421,3 +421,24 @@ def test_int8_report_names_the_shipped_default_and_its_ratio_to_fp32() -> None:
         "default: outlier + 1 fp32: int8 ÷ fp32 bank p50 **2.50×**, corpus texts/s **2.00×**"
         in text
     )
+
+
+@pytest.mark.slow
+def test_make_bench_runs_through_in_smoke_mode(model_dir: Path, tmp_path: Path) -> None:
+    """Every step of benchmarks.run once on a few texts (~1 minute): a harness that breaks
+    half-way through a 12-minute `make bench` shows here. Engines not installed are reported."""
+    import json
+
+    from benchmarks.run import main as bench_main
+
+    args = ["--smoke", "--skip-base", "--model-dir", str(model_dir), "--results", str(tmp_path)]
+    assert bench_main(args) == 0
+    result = json.loads((tmp_path / "smoke.json").read_text(encoding="utf-8"))
+    model = result["models"]["all-MiniLM-L6-v2"]
+    assert model["engines"]["ctxembed-int8"]["texts_per_s"]["median"] > 0
+    assert model["roofline"]  # read from the engine figures (a name once shadowed them)
+    one = model["grpc"]["default"]["one_client"]
+    assert one["busy_echo"]["busy_ms"] == pytest.approx(model["grpc"]["in_process_bank"]["p50_ms"])
+    md = (tmp_path / "smoke.md").read_text(encoding="utf-8")
+    assert "## all-MiniLM-L6-v2" in md and "for the least a Python grpc.aio server does" in md
+    assert len(list(tmp_path.glob("smoke-*.png"))) == 3
