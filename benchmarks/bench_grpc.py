@@ -274,12 +274,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--compare-spinning", action="store_true")
     args = p.parse_args(argv)
     levels = [int(x) for x in args.levels.split(",")]
-    engine = in_process_bank(args.model_dir, args.reps)
+    bank = in_process_bank(args.model_dir, args.reps)
     result: dict[str, Any] = {
-        "in_process_bank": engine,
+        "in_process_bank": bank,
         "import_torch_transformers_s": import_torch_seconds(),
         "default": run_setting(
-            args.model_dir, [], levels, args.seconds, args.reps, busy_s=engine["p50_ms"] / 1e3
+            args.model_dir, [], levels, args.seconds, args.reps, busy_s=bank["p50_ms"] / 1e3
         ),
         "bare_echo_32_clients_per_s": bare_echo_throughput(32, args.seconds),
     }
