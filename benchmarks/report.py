@@ -92,6 +92,7 @@ def markdown(result: dict[str, Any]) -> str:
             f" an empty RPC (GetModelInfo) costs {_f(g['one_client']['empty_rpc']['p50_ms'])}"
             " ms here" + _echo(g["one_client"], h["grpc_p50_minus_in_process_ms"]),
             *_int8_over_fp32(model["engines"]),
+            *_fusion_bound(model),
             f"- server start to SERVING: {_f(g['startup_s'])} s; peak server RSS under load:"
             f" {_f(g['peak_rss_mb'], 0)} MB",
         ]
@@ -267,6 +268,35 @@ def _int8_over_fp32(engines: dict[str, Any]) -> list[str]:
         f"- int8 ÷ fp32 in process: bank p50 **{_f(bank)}×**, corpus texts/s **{_f(corpus)}×**"
         " (target for base-size models ≥ 2.2× and ≥ 1.8×)"
     ]
+
+
+def _fusion_bound(model: dict[str, Any]) -> list[str]:
+    """What fused int8 kernels could give (benchmarks.fusion_bound: a timing proxy of the
+    `outlier` graph), carried over to the served figures of the same run."""
+    f = model.get("fusion_bound") or {}
+    if "error" in f:
+        return [f"- fused-kernel bound: not run: {f['error']}"]
+    if not f.get("products"):
+        return []
+    bank, rate = f["bank_p50_ms"], f["corpus_texts_per_s"]
+    usual = model["engines"].get("usual", {}).get("latency_p50_ms", {}).get("median")
+    served = model["grpc"]["default"]["one_client"]["p50_ms"]
+    h = model["headline"]
+    line = (
+        f"- fused int8 kernels, at best (`benchmarks.fusion_bound`: each of the {f['products']}"
+        f" int8 products' per-row chains collapsed to the two nodes such kernels need,"
+        f" {f['nodes_before']} → {f['nodes_after']} nodes, numerically wrong, timed"
+        f" interleaved): bank {_f(bank['outlier'])} → {_f(bank['proxy'])} ms in process,"
+        f" corpus {_f(rate['outlier'], 1)} → {_f(rate['proxy'], 1)} texts/s"
+    )
+    if usual:
+        clients_32 = h["grpc32_over_flair"] * f["corpus_speedup"]
+        line += (
+            f"; served that would be at most **{_f(usual / (served - f['bank_saving_ms']))}×**"
+            f" the usual recipe and 32 clients **{_f(clients_32)}×** flair (targets 4.5× and"
+            " 3.5×)"
+        )
+    return [line]
 
 
 def _served_bound(model: dict[str, Any]) -> str:

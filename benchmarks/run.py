@@ -305,6 +305,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 mode.reps,
                 mode.texts,
             )
+        fusion: dict[str, Any] = {}
+        if model.int8:  # times only an `outlier` graph (per-row chains); others: counts
+            print("  fused-kernel bound (timing proxy of the int8 graph) ...", flush=True)
+            fusion = _python(
+                "benchmarks.fusion_bound",
+                "--model-dir",
+                str(model.model_dir),
+                "--rounds",
+                str(mode.repeats + 1),
+                "--reps",
+                str(mode.reps),
+                "--texts",
+                str(min(mode.texts, 128)),
+            )
         result["models"][model.label] = {
             "model_dir": str(model.model_dir),
             "variant": model.variant,
@@ -313,6 +327,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "engine": engine,
             "grpc": grpc,
             "headline": headline(engines, grpc),
+            "fusion_bound": fusion,
             "roofline": roofline(model, engines, engine, result["matmul_peak"])
             if "error" not in engine
             else {},

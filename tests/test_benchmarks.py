@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from benchmarks.report import markdown, plots
@@ -442,3 +443,85 @@ def test_make_bench_runs_through_in_smoke_mode(model_dir: Path, tmp_path: Path) 
     md = (tmp_path / "smoke.md").read_text(encoding="utf-8")
     assert "## all-MiniLM-L6-v2" in md and "for the least a Python grpc.aio server does" in md
     assert len(list(tmp_path.glob("smoke-*.png"))) == 3
+
+
+def test_the_fusion_proxy_keeps_two_nodes_per_int8_product(
+    outlier_export: Path, tmp_path: Path
+) -> None:
+    """Each per-row chain of the `outlier` graph becomes one DynamicQuantizeLinear (per input)
+    and one Cast; what only fed the chains goes; the proxy runs, with the same outputs' shapes."""
+    import onnx
+    import onnxruntime as ort
+
+    from benchmarks.fusion_bound import collapse_row_chains
+
+    src = outlier_export / "model_int8.onnx"
+    before = onnx.load(str(src))
+    products = sum(n.op_type == "MatMulInteger" for n in before.graph.node)
+    counts = collapse_row_chains(src, tmp_path / "proxy.onnx")
+    after = onnx.load(str(tmp_path / "proxy.onnx"))
+    ops = [n.op_type for n in after.graph.node]
+    assert counts["products"] == products > 0
+    assert counts["nodes_after"] == len(ops) < counts["nodes_before"] - 5 * products
+    for gone in ("Abs", "ReduceMax", "Gather"):
+        assert gone not in ops, gone
+    made_by = {o: n.op_type for n in after.graph.node for o in n.output}
+    matmuls = [n for n in after.graph.node if n.op_type == "MatMulInteger"]
+    assert len(matmuls) == products
+    assert {made_by[n.input[0]] for n in matmuls} == {"DynamicQuantizeLinear"}
+    assert 0 < ops.count("DynamicQuantizeLinear") <= products
+    onnx.checker.check_model(after)
+    ids = np.array([[101, 7592, 1010, 2088, 1012, 102]], dtype=np.int64)
+    names = [i.name for i in before.graph.input]
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    if "token_type_ids" in names:
+        feed["token_type_ids"] = np.zeros_like(ids)
+    cpu = ["CPUExecutionProvider"]
+    real = ort.InferenceSession(str(src), providers=cpu).run(None, feed)
+    proxy = ort.InferenceSession(str(tmp_path / "proxy.onnx"), providers=cpu).run(None, feed)
+    assert [a.shape for a in proxy] == [a.shape for a in real]
+
+
+def test_the_fusion_bound_times_both_graphs_and_skips_other_schemes(
+    outlier_export: Path, model_dir: Path, tmp_path: Path
+) -> None:
+    from benchmarks.fusion_bound import measure
+
+    result = measure(outlier_export, rounds=1, reps=3, texts=8, cache=tmp_path)
+    assert result["products"] > 0
+    assert set(result["bank_p50_ms"]) == set(result["corpus_texts_per_s"]) == {"outlier", "proxy"}
+    assert result["bank_saving_ms"] == pytest.approx(
+        result["bank_p50_ms"]["outlier"] - result["bank_p50_ms"]["proxy"]
+    )
+    other = measure(model_dir, rounds=1, reps=3, texts=8, cache=tmp_path / "other")
+    assert other["products"] == 0 and "bank_p50_ms" not in other
+
+
+def test_report_prints_the_fused_kernel_bound() -> None:
+    from benchmarks.report import _fusion_bound
+
+    r = _result()
+    model = {
+        "engines": r["engines"],
+        "grpc": r["grpc"],
+        "headline": headline(r["engines"], r["grpc"]),
+    }
+    assert _fusion_bound(model) == []
+    model["fusion_bound"] = {
+        "products": 47,
+        "nodes_before": 1206,
+        "nodes_after": 734,
+        "bank_p50_ms": {"outlier": 1.5, "proxy": 1.0},
+        "corpus_texts_per_s": {"outlier": 400.0, "proxy": 500.0},
+        "bank_saving_ms": 0.5,
+        "corpus_speedup": 1.25,
+    }
+    [line] = _fusion_bound(model)
+    assert "each of the 47 int8 products' per-row chains" in line and "1206 → 734 nodes" in line
+    assert "bank 1.50 → 1.00 ms in process, corpus 400.0 → 500.0 texts/s" in line
+    # usual 10 ms over (served 2.0 - 0.5 saved); 32 clients 4.0x flair times 1.25
+    assert "at most **6.67×** the usual recipe and 32 clients **5.00×** flair" in line
+    model["fusion_bound"] = {"products": 0}
+    assert _fusion_bound(model) == []
+    model["fusion_bound"] = {"error": "boom"}
+    assert _fusion_bound(model) == ["- fused-kernel bound: not run: boom"]
