@@ -15,6 +15,12 @@ ENGINE_NAMES = {
 }
 
 
+# The `outlier` graph's chains around each int8 product, as benchmarks.fusion_bound names them.
+PART_NAMES = {
+    "quantize": "the quantizing chains",
+    "dequantize": "the dequantizing chains",
+    "outliers": "the outlier parts",
+}
 # Extra server settings measured at 1 and 32 clients, as the report names them.
 SETTINGS = {
     "uvloop": "on uvloop (`--event-loop uvloop`)",
@@ -289,6 +295,11 @@ def _fusion_bound(model: dict[str, Any]) -> list[str]:
         f" interleaved): bank {_f(bank['outlier'])} → {_f(bank['proxy'])} ms in process,"
         f" corpus {_f(rate['outlier'], 1)} → {_f(rate['proxy'], 1)} texts/s"
     )
+    parts = f.get("part_saving_ms") or {}
+    if parts:
+        line += "; each part collapsed alone saves at the bank sentence: " + ", ".join(
+            f"{PART_NAMES[p]} {_f(ms)} ms" for p, ms in parts.items()
+        )
     if usual:
         clients_32 = h["grpc32_over_flair"] * f["corpus_speedup"]
         line += (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -445,8 +446,33 @@ def test_make_bench_runs_through_in_smoke_mode(model_dir: Path, tmp_path: Path) 
     assert len(list(tmp_path.glob("smoke-*.png"))) == 3
 
 
+@pytest.fixture(scope="module")
+def outlier_int8(outlier_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model's `outlier` int8 graph with outlier parts: its random weights have no
+    outlier channels of their own, a low ratio makes some (as in test_outliers.py)."""
+    import functools
+
+    from ctxembed.export import int8_schemes, outliers
+    from ctxembed.export.calibrate import calibration_feeds
+    from ctxembed.export.optimize import detect_cpu_preset
+    from ctxembed.runtime.manifest import load_manifest
+
+    manifest = load_manifest(outlier_export)
+    feeds = calibration_feeds(
+        outlier_export / "tokenizer.json", manifest.graph_inputs, manifest.max_tokens
+    )
+    out = tmp_path_factory.mktemp("outlier-parts") / "model_int8.onnx"
+    low = functools.partial(outliers.decompose_outliers, ratio=1.5)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(int8_schemes, "decompose_outliers", low)
+        int8_schemes.build_int8(
+            outlier_export / "model.onnx", out, "outlier", detect_cpu_preset(), True, feeds
+        )
+    return out
+
+
 def test_the_fusion_proxy_keeps_two_nodes_per_int8_product(
-    outlier_export: Path, tmp_path: Path
+    outlier_int8: Path, tmp_path: Path
 ) -> None:
     """Each per-row chain of the `outlier` graph becomes one DynamicQuantizeLinear (per input)
     and one Cast; what only fed the chains goes; the proxy runs, with the same outputs' shapes."""
@@ -455,8 +481,9 @@ def test_the_fusion_proxy_keeps_two_nodes_per_int8_product(
 
     from benchmarks.fusion_bound import collapse_row_chains
 
-    src = outlier_export / "model_int8.onnx"
+    src = outlier_int8
     before = onnx.load(str(src))
+    assert "Gather" in [n.op_type for n in before.graph.node]  # outlier parts to collapse
     products = sum(n.op_type == "MatMulInteger" for n in before.graph.node)
     counts = collapse_row_chains(src, tmp_path / "proxy.onnx")
     after = onnx.load(str(tmp_path / "proxy.onnx"))
@@ -482,6 +509,33 @@ def test_the_fusion_proxy_keeps_two_nodes_per_int8_product(
     assert [a.shape for a in proxy] == [a.shape for a in real]
 
 
+def test_each_part_of_the_chains_collapses_alone(outlier_int8: Path, tmp_path: Path) -> None:
+    """One part at a time: the others' nodes stay; together the parts make the whole proxy."""
+    import onnx
+
+    from benchmarks.fusion_bound import PARTS, collapse_row_chains
+
+    src = outlier_int8
+
+    def ops(parts: Sequence[str]) -> list[str]:
+        dst = tmp_path / f"{'-'.join(parts)}.onnx"
+        collapse_row_chains(src, dst, parts)
+        return [n.op_type for n in onnx.load(str(dst)).graph.node]
+
+    real = [n.op_type for n in onnx.load(str(src)).graph.node]
+    products = real.count("MatMulInteger")
+    quantize, dequantize, outliers = ops(["quantize"]), ops(["dequantize"]), ops(["outliers"])
+    assert quantize.count("ReduceMax") == 0 and quantize.count("Gather") == real.count("Gather")
+    # its two Muls per product go, and the constant scales' product that fed one of them
+    assert dequantize.count("Mul") <= real.count("Mul") - 2 * products
+    assert dequantize.count("ReduceMax") == real.count("ReduceMax")
+    assert outliers.count("Gather") == 0 < real.count("Gather")
+    assert outliers.count("MatMulInteger") == products
+    assert len(ops(PARTS)) < min(len(quantize), len(dequantize), len(outliers))
+    with pytest.raises(ValueError, match="parts: unknown \\['fuse'\\]"):
+        collapse_row_chains(src, tmp_path / "x.onnx", ["fuse"])
+
+
 def test_the_fusion_bound_times_both_graphs_and_skips_other_schemes(
     outlier_export: Path, model_dir: Path, tmp_path: Path
 ) -> None:
@@ -489,7 +543,9 @@ def test_the_fusion_bound_times_both_graphs_and_skips_other_schemes(
 
     result = measure(outlier_export, rounds=1, reps=3, texts=8, cache=tmp_path)
     assert result["products"] > 0
-    assert set(result["bank_p50_ms"]) == set(result["corpus_texts_per_s"]) == {"outlier", "proxy"}
+    timed = {"outlier", "proxy", "quantize", "dequantize", "outliers"}
+    assert set(result["bank_p50_ms"]) == set(result["corpus_texts_per_s"]) == timed
+    assert set(result["part_saving_ms"]) == {"quantize", "dequantize", "outliers"}
     assert result["bank_saving_ms"] == pytest.approx(
         result["bank_p50_ms"]["outlier"] - result["bank_p50_ms"]["proxy"]
     )
@@ -517,7 +573,14 @@ def test_report_prints_the_fused_kernel_bound() -> None:
         "corpus_speedup": 1.25,
     }
     [line] = _fusion_bound(model)
+    assert "collapsed alone" not in line
+    model["fusion_bound"]["part_saving_ms"] = {"quantize": 0.25, "outliers": 0.2}
+    [line] = _fusion_bound(model)
     assert "each of the 47 int8 products' per-row chains" in line and "1206 → 734 nodes" in line
+    assert (
+        "each part collapsed alone saves at the bank sentence: the quantizing chains 0.25 ms,"
+        " the outlier parts 0.20 ms"
+    ) in line
     assert "bank 1.50 → 1.00 ms in process, corpus 400.0 → 500.0 texts/s" in line
     # usual 10 ms over (served 2.0 - 0.5 saved); 32 clients 4.0x flair times 1.25
     assert "at most **6.67×** the usual recipe and 32 clients **5.00×** flair" in line
