@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -285,6 +286,35 @@ def test_parallel_runs_give_identical_vectors(model_dir: Path, variant: str) -> 
     # closed: the threads are gone, the embedder still works, one run after another
     assert two.session.parallel_runs == 1
     np.testing.assert_array_equal(two.embed(texts[:3])[2].vectors, results[2][1].vectors)
+
+
+def test_a_run_beside_another_takes_the_single_threaded_session(model_dir: Path) -> None:
+    """Runs that start while another computes go to the single-threaded session (the server's
+    batches in flight side by side), with the same vectors; a lone run keeps every thread."""
+    emb = WordEmbedder.load(model_dir, provider="cpu", parallel_runs=2)
+    session = emb.session
+    ids = np.array([[101, 7592, 1010, 2088, 102]], dtype=np.int64)
+    mask, out = np.ones_like(ids), [emb.manifest.layer_outputs[emb.manifest.num_layers]]
+    row_run, rows = session._row_run, []
+    assert row_run is not None
+
+    def counted(*args: Any) -> list[np.ndarray]:
+        rows.append(args)
+        return row_run(*args)
+
+    session._row_run = counted
+    alone = session.run(ids, mask, out)
+    assert rows == []
+    with session._runs.running():  # another run computing
+        beside = session.run(ids, mask, out)
+    assert len(rows) == 1
+    np.testing.assert_array_equal(beside[0], alone[0])
+    with session._runs.running() as others:
+        assert others == 0  # the counts went back down
+    emb.close()  # no single-threaded session any more: every run takes the main one
+    with session._runs.running():
+        session.run(ids, mask, out)
+    assert len(rows) == 1
 
 
 @pytest.mark.parametrize("parallel_runs", [1, 2])

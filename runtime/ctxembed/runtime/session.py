@@ -6,8 +6,10 @@ here, so that every caller (embedder, benchmarks, service) gets the same, measur
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
@@ -104,6 +106,26 @@ def _check_int8_fits(variant: Variant, provider: str) -> None:
         )
 
 
+class _RunsInFlight:
+    """How many runs are computing on a model's sessions, over all calling threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[int]:
+        """Count a run while it computes; yields how many others were computing as it began."""
+        with self._lock:
+            others = self._count
+            self._count += 1
+        try:
+            yield others
+        finally:
+            with self._lock:
+                self._count -= 1
+
+
 class ModelSession:
     """ONNX Runtime sessions over one variant of a model folder.
 
@@ -112,6 +134,9 @@ class ModelSession:
     single-threaded session over the same file: independent runs have no barriers between
     threads to wait at, which beat one multi-threaded run after another for short rows. It
     costs a second copy of the weights, so the library keeps it opt-in and the server on.
+    A row that starts while another run computes (a server's batches in flight side by side)
+    takes the single-threaded session too: a second multi-threaded run would put its threads,
+    spinning between its parallel parts, on cores that are already busy.
     """
 
     def __init__(self, model_dir: Path, manifest: Manifest, config: EngineSettings) -> None:
@@ -143,6 +168,7 @@ class ModelSession:
         self.parallel_runs = runs if self.provider == CPU else 1
         self._row_run: Callable[..., list[np.ndarray]] | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._runs = _RunsInFlight()
         if self.parallel_runs > 1:
             row_session = self._create(_options(1, config), providers)
             self._row_run = _direct_run(row_session, CPU) or _public_run(row_session)
@@ -183,13 +209,18 @@ class ModelSession:
     def run(
         self, input_ids: np.ndarray, attention_mask: np.ndarray, outputs: Sequence[str]
     ) -> list[np.ndarray]:
-        """One run with all threads (a single row replayed from a CUDA graph where one fits)."""
+        """One run with all threads, or on one thread while another run computes (a single
+        row replayed from a CUDA graph where one fits)."""
         if self._graphs is not None and self._graphs.fits(*input_ids.shape):
             return self._graphs.run(input_ids, attention_mask, outputs)
         feed = self._feed(input_ids, attention_mask)
-        if self._direct is not None:
-            return self._direct(list(outputs), feed, None)
-        return [np.asarray(o) for o in self.session.run(list(outputs), feed)]
+        with self._runs.running() as others:
+            row_run = self._row_run
+            if others and row_run is not None:
+                return row_run(list(outputs), feed, None)
+            if self._direct is not None:
+                return self._direct(list(outputs), feed, None)
+            return [np.asarray(o) for o in self.session.run(list(outputs), feed)]
 
     def run_many(
         self, batches: Sequence[tuple[np.ndarray, np.ndarray]], outputs: Sequence[str]
@@ -199,7 +230,12 @@ class ModelSession:
         if len(batches) < 2 or self._pool is None or self._row_run is None:
             return (self.run(ids, mask, outputs) for ids, mask in batches)
         names, run = list(outputs), self._row_run
-        return self._pool.map(lambda b: run(names, self._feed(*b), None), batches)
+
+        def one(batch: tuple[np.ndarray, np.ndarray]) -> list[np.ndarray]:
+            with self._runs.running():
+                return run(names, self._feed(*batch), None)
+
+        return self._pool.map(one, batches)
 
     def warm_up(self, ids: Sequence[int], output: str) -> None:
         """First runs allocate buffers and pick kernels: pay that at load, not on a request."""
