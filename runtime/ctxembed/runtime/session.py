@@ -134,7 +134,7 @@ class ModelSession:
     single-threaded session over the same file: independent runs have no barriers between
     threads to wait at, which beat one multi-threaded run after another for short rows. It
     costs a second copy of the weights, so the library keeps it opt-in and the server on.
-    A row that starts while another run computes (a server's batches in flight side by side)
+    A run that starts while another computes (a server's batches in flight side by side)
     takes the single-threaded session too: a second multi-threaded run would put its threads,
     spinning between its parallel parts, on cores that are already busy.
     """
