@@ -22,17 +22,17 @@ in interleaved rounds: the bank sentence's p50 and corpus texts/s in calls of 32
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import shutil
 import statistics
 import sys
-import time
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.engines import BANK, BATCH
+from benchmarks.engines import BANK, BATCH, throughput, time_calls
 from benchmarks.stats import percentiles
 from ctxembed.runtime import TextInput, WordEmbedder
 from ctxembed.runtime.manifest import load_manifest
@@ -175,27 +175,17 @@ def measure(
         engines[part] = WordEmbedder.load(folder / part, provider="cpu")
     bank = [TextInput(text=BANK, select_words=["bank"])]
     corpus = load_corpus(texts)
-    calls = [
-        [TextInput(text=t) for t in corpus[i : i + BATCH]] for i in range(0, len(corpus), BATCH)
-    ]
     p50: dict[str, list[float]] = {k: [] for k in engines}
     rate: dict[str, list[float]] = {k: [] for k in engines}
-    for emb in engines.values():
-        for _ in range(30):
-            emb.embed(bank)
-        emb.embed(calls[0])
+    for emb in engines.values():  # every graph warm, buffers grown, before the first round
+        time_calls(functools.partial(emb.embed, bank), 0, warmup=30)
+        emb.embed(corpus[:BATCH])
     for _ in range(rounds):
         for key, emb in engines.items():
-            samples = []
-            for _ in range(reps):
-                start = time.perf_counter()
-                emb.embed(bank)
-                samples.append(time.perf_counter() - start)
-            p50[key].append(percentiles(samples)["p50_ms"])
-            start = time.perf_counter()
-            for call in calls:
-                emb.embed(call)
-            rate[key].append(len(corpus) / (time.perf_counter() - start))
+            p50[key].append(
+                percentiles(time_calls(functools.partial(emb.embed, bank), reps))["p50_ms"]
+            )
+            rate[key].append(throughput(emb.embed, corpus, BATCH, repeats=1))
     bank_ms = {k: statistics.median(v) for k, v in p50.items()}
     texts_per_s = {k: statistics.median(v) for k, v in rate.items()}
     return counts | {
