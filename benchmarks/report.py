@@ -15,12 +15,6 @@ ENGINE_NAMES = {
 }
 
 
-# The `outlier` graph's chains around each int8 product, as benchmarks.fusion_bound names them.
-PART_NAMES = {
-    "quantize": "the quantizing chains",
-    "dequantize": "the dequantizing chains",
-    "outliers": "the outlier parts",
-}
 # Extra server settings measured at 1 and 32 clients, as the report names them.
 SETTINGS = {
     "uvloop": "on uvloop (`--event-loop uvloop`)",
@@ -98,7 +92,7 @@ def markdown(result: dict[str, Any]) -> str:
             f" an empty RPC (GetModelInfo) costs {_f(g['one_client']['empty_rpc']['p50_ms'])}"
             " ms here" + _echo(g["one_client"], h["grpc_p50_minus_in_process_ms"]),
             *_int8_over_fp32(model["engines"]),
-            *_fusion_bound(model),
+            *_fused_kernels(model),
             f"- server start to SERVING: {_f(g['startup_s'])} s; peak server RSS under load:"
             f" {_f(g['peak_rss_mb'], 0)} MB",
         ]
@@ -276,38 +270,22 @@ def _int8_over_fp32(engines: dict[str, Any]) -> list[str]:
     ]
 
 
-def _fusion_bound(model: dict[str, Any]) -> list[str]:
-    """What fused int8 kernels could give (benchmarks.fusion_bound: a timing proxy of the
-    `outlier` graph), carried over to the served figures of the same run."""
-    f = model.get("fusion_bound") or {}
-    if "error" in f:
-        return [f"- fused-kernel bound: not run: {f['error']}"]
+def _fused_kernels(model: dict[str, Any]) -> list[str]:
+    """ctxembed's fused int8 kernels on and off (benchmarks.fused_kernels), same run."""
+    f = model.get("fused_kernels") or {}
     if not f.get("products"):
         return []
+    if "error" in f:
+        return [f"- fused int8 kernels: not timed: {f['error']}"]
     bank, rate = f["bank_p50_ms"], f["corpus_texts_per_s"]
-    usual = model["engines"].get("usual", {}).get("latency_p50_ms", {}).get("median")
-    served = model["grpc"]["default"]["one_client"]["p50_ms"]
-    h = model["headline"]
-    line = (
-        f"- fused int8 kernels, at best (`benchmarks.fusion_bound`: each of the {f['products']}"
-        f" int8 products' per-row chains collapsed to the two nodes such kernels need,"
-        f" {f['nodes_before']} → {f['nodes_after']} nodes, numerically wrong, timed"
-        f" interleaved): bank {_f(bank['outlier'])} → {_f(bank['proxy'])} ms in process,"
-        f" corpus {_f(rate['outlier'], 1)} → {_f(rate['proxy'], 1)} texts/s"
-    )
-    parts = f.get("part_saving_ms") or {}
-    if parts:
-        line += "; each part collapsed alone saves at the bank sentence: " + ", ".join(
-            f"{PART_NAMES[p]} {_f(ms)} ms" for p, ms in parts.items()
-        )
-    if usual:
-        clients_32 = h["grpc32_over_flair"] * f["corpus_speedup"]
-        line += (
-            f"; served that would be at most **{_f(usual / (served - f['bank_saving_ms']))}×**"
-            f" the usual recipe and 32 clients **{_f(clients_32)}×** flair (targets 4.5× and"
-            " 3.5×)"
-        )
-    return [line]
+    same = "bit for bit the same vectors" if f["identical"] else "**different vectors** (a bug)"
+    return [
+        f"- fused int8 kernels (`benchmarks.fused_kernels`: the {f['products']} int8 products'"
+        f" per-row chains as one kernel each, {f['nodes'][0]} → {f['nodes'][1]} nodes; {same};"
+        f" on and off interleaved): bank {_f(bank['standard'])} → {_f(bank['kernels'])} ms in"
+        f" process, corpus {_f(rate['standard'], 1)} → {_f(rate['kernels'], 1)} texts/s"
+        f" (**{_f(f['corpus_speedup'])}×**); every ctxembed figure above runs them"
+    ]
 
 
 def _served_bound(model: dict[str, Any]) -> str:

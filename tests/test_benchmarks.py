@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -318,7 +317,6 @@ def test_the_busy_echo_computes_for_as_long_as_asked() -> None:
 
 def test_the_floor_server_answers_as_the_engine(model_dir: Path, embedder: Any) -> None:
     """benchmarks.floor_server (serving_path's lower bound) does the real work of a call."""
-    import numpy as np
 
     from benchmarks.bench_grpc import port_server
     from ctxembed.client import Client
@@ -446,145 +444,49 @@ def test_make_bench_runs_through_in_smoke_mode(model_dir: Path, tmp_path: Path) 
     assert len(list(tmp_path.glob("smoke-*.png"))) == 3
 
 
-@pytest.fixture(scope="module")
-def outlier_int8(outlier_export: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model's `outlier` int8 graph with outlier parts: its random weights have no
-    outlier channels of their own, a low ratio makes some (as in test_outliers.py)."""
-    import functools
+def test_the_kernels_benchmark_times_both_ways_and_skips_other_graphs(
+    outlier_export: Path, model_dir: Path
+) -> None:
+    from benchmarks.fused_kernels import measure
+    from ctxembed.kernels import library
 
-    from ctxembed.export import int8_schemes, outliers
-    from ctxembed.export.calibrate import calibration_feeds
-    from ctxembed.export.optimize import detect_cpu_preset
-    from ctxembed.runtime.manifest import load_manifest
-
-    manifest = load_manifest(outlier_export)
-    feeds = calibration_feeds(
-        outlier_export / "tokenizer.json", manifest.graph_inputs, manifest.max_tokens
+    if library() is None:
+        pytest.skip("the kernels are not built here")
+    result = measure(outlier_export, rounds=1, reps=3, texts=8)
+    assert result["products"] > 0 and result["identical"] is True
+    assert (
+        set(result["bank_p50_ms"])
+        == set(result["corpus_texts_per_s"])
+        == {
+            "kernels",
+            "standard",
+        }
     )
-    out = tmp_path_factory.mktemp("outlier-parts") / "model_int8.onnx"
-    low = functools.partial(outliers.decompose_outliers, ratio=1.5)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(int8_schemes, "decompose_outliers", low)
-        int8_schemes.build_int8(
-            outlier_export / "model.onnx", out, "outlier", detect_cpu_preset(), True, feeds
-        )
-    return out
-
-
-def test_the_fusion_proxy_keeps_two_nodes_per_int8_product(
-    outlier_int8: Path, tmp_path: Path
-) -> None:
-    """Each per-row chain of the `outlier` graph becomes one DynamicQuantizeLinear (per input)
-    and one Cast; what only fed the chains goes; the proxy runs, with the same outputs' shapes."""
-    import onnx
-    import onnxruntime as ort
-
-    from benchmarks.fusion_bound import collapse_row_chains
-
-    src = outlier_int8
-    before = onnx.load(str(src))
-    assert "Gather" in [n.op_type for n in before.graph.node]  # outlier parts to collapse
-    products = sum(n.op_type == "MatMulInteger" for n in before.graph.node)
-    counts = collapse_row_chains(src, tmp_path / "proxy.onnx")
-    after = onnx.load(str(tmp_path / "proxy.onnx"))
-    ops = [n.op_type for n in after.graph.node]
-    assert counts["products"] == products > 0
-    assert counts["nodes_after"] == len(ops) < counts["nodes_before"] - 5 * products
-    for gone in ("Abs", "ReduceMax", "Gather"):
-        assert gone not in ops, gone
-    made_by = {o: n.op_type for n in after.graph.node for o in n.output}
-    matmuls = [n for n in after.graph.node if n.op_type == "MatMulInteger"]
-    assert len(matmuls) == products
-    assert {made_by[n.input[0]] for n in matmuls} == {"DynamicQuantizeLinear"}
-    assert 0 < ops.count("DynamicQuantizeLinear") <= products
-    onnx.checker.check_model(after)
-    ids = np.array([[101, 7592, 1010, 2088, 1012, 102]], dtype=np.int64)
-    names = [i.name for i in before.graph.input]
-    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
-    if "token_type_ids" in names:
-        feed["token_type_ids"] = np.zeros_like(ids)
-    cpu = ["CPUExecutionProvider"]
-    real = ort.InferenceSession(str(src), providers=cpu).run(None, feed)
-    proxy = ort.InferenceSession(str(tmp_path / "proxy.onnx"), providers=cpu).run(None, feed)
-    assert [a.shape for a in proxy] == [a.shape for a in real]
-
-
-def test_each_part_of_the_chains_collapses_alone(outlier_int8: Path, tmp_path: Path) -> None:
-    """One part at a time: the others' nodes stay; together the parts make the whole proxy."""
-    import onnx
-
-    from benchmarks.fusion_bound import PARTS, collapse_row_chains
-
-    src = outlier_int8
-
-    def ops(parts: Sequence[str]) -> list[str]:
-        dst = tmp_path / f"{'-'.join(parts)}.onnx"
-        collapse_row_chains(src, dst, parts)
-        return [n.op_type for n in onnx.load(str(dst)).graph.node]
-
-    real = [n.op_type for n in onnx.load(str(src)).graph.node]
-    products = real.count("MatMulInteger")
-    quantize, dequantize, outliers = ops(["quantize"]), ops(["dequantize"]), ops(["outliers"])
-    assert quantize.count("ReduceMax") == 0 and quantize.count("Gather") == real.count("Gather")
-    # its two Muls per product go, and the constant scales' product that fed one of them
-    assert dequantize.count("Mul") <= real.count("Mul") - 2 * products
-    assert dequantize.count("ReduceMax") == real.count("ReduceMax")
-    assert outliers.count("Gather") == 0 < real.count("Gather")
-    assert outliers.count("MatMulInteger") == products
-    assert len(ops(PARTS)) < min(len(quantize), len(dequantize), len(outliers))
-    with pytest.raises(ValueError, match="parts: unknown \\['fuse'\\]"):
-        collapse_row_chains(src, tmp_path / "x.onnx", ["fuse"])
-
-
-def test_the_fusion_bound_times_both_graphs_and_skips_other_schemes(
-    outlier_export: Path, model_dir: Path, tmp_path: Path
-) -> None:
-    from benchmarks.fusion_bound import measure
-
-    result = measure(outlier_export, rounds=1, reps=3, texts=8, cache=tmp_path)
-    assert result["products"] > 0
-    timed = {"outlier", "proxy", "quantize", "dequantize", "outliers"}
-    assert set(result["bank_p50_ms"]) == set(result["corpus_texts_per_s"]) == timed
-    assert set(result["part_saving_ms"]) == {"quantize", "dequantize", "outliers"}
     assert result["bank_saving_ms"] == pytest.approx(
-        result["bank_p50_ms"]["outlier"] - result["bank_p50_ms"]["proxy"]
+        result["bank_p50_ms"]["standard"] - result["bank_p50_ms"]["kernels"]
     )
-    other = measure(model_dir, rounds=1, reps=3, texts=8, cache=tmp_path / "other")
-    assert other["products"] == 0 and "bank_p50_ms" not in other
+    assert measure(model_dir, rounds=1, reps=3, texts=8) == {"products": 0}  # no such chains
 
 
-def test_report_prints_the_fused_kernel_bound() -> None:
-    from benchmarks.report import _fusion_bound
+def test_report_prints_the_kernels_on_and_off() -> None:
+    from benchmarks.report import _fused_kernels
 
-    r = _result()
-    model = {
-        "engines": r["engines"],
-        "grpc": r["grpc"],
-        "headline": headline(r["engines"], r["grpc"]),
-    }
-    assert _fusion_bound(model) == []
-    model["fusion_bound"] = {
+    model: dict[str, Any] = {}
+    assert _fused_kernels(model) == []
+    model["fused_kernels"] = {
         "products": 47,
-        "nodes_before": 1206,
-        "nodes_after": 734,
-        "bank_p50_ms": {"outlier": 1.5, "proxy": 1.0},
-        "corpus_texts_per_s": {"outlier": 400.0, "proxy": 500.0},
-        "bank_saving_ms": 0.5,
+        "nodes": [1206, 813],
+        "identical": True,
+        "bank_p50_ms": {"standard": 9.0, "kernels": 8.0},
+        "corpus_texts_per_s": {"standard": 110.0, "kernels": 137.5},
+        "bank_saving_ms": 1.0,
         "corpus_speedup": 1.25,
     }
-    [line] = _fusion_bound(model)
-    assert "collapsed alone" not in line
-    model["fusion_bound"]["part_saving_ms"] = {"quantize": 0.25, "outliers": 0.2}
-    [line] = _fusion_bound(model)
-    assert "each of the 47 int8 products' per-row chains" in line and "1206 → 734 nodes" in line
-    assert (
-        "each part collapsed alone saves at the bank sentence: the quantizing chains 0.25 ms,"
-        " the outlier parts 0.20 ms"
-    ) in line
-    assert "bank 1.50 → 1.00 ms in process, corpus 400.0 → 500.0 texts/s" in line
-    # usual 10 ms over (served 2.0 - 0.5 saved); 32 clients 4.0x flair times 1.25
-    assert "at most **6.67×** the usual recipe and 32 clients **5.00×** flair" in line
-    model["fusion_bound"] = {"products": 0}
-    assert _fusion_bound(model) == []
-    model["fusion_bound"] = {"error": "boom"}
-    assert _fusion_bound(model) == ["- fused-kernel bound: not run: boom"]
+    [line] = _fused_kernels(model)
+    assert "the 47 int8 products' per-row chains as one kernel each, 1206 → 813 nodes" in line
+    assert "bit for bit the same vectors" in line
+    assert "bank 9.00 → 8.00 ms in process, corpus 110.0 → 137.5 texts/s (**1.25×**)" in line
+    model["fused_kernels"]["identical"] = False
+    assert "**different vectors** (a bug)" in _fused_kernels(model)[0]
+    model["fused_kernels"] = {"products": 47, "nodes": [1206, 813], "error": "not built"}
+    assert _fused_kernels(model) == ["- fused int8 kernels: not timed: not built"]

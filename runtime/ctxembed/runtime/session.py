@@ -148,7 +148,10 @@ class ModelSession:
         providers = [CUDA, CPU] if provider == "cuda" else [CPU]
         if provider == "cuda":
             _preload_cuda_libraries()
-        self.session = self._create(_options(self.threads, config), providers)
+        # ctxembed's fused int8 kernels run on the CPU provider only; a graph without their
+        # functions never calls them, so registering costs nothing there.
+        self.kernels = _kernels_library() if provider == "cpu" and config.fused_kernels else None
+        self.session = self._create(_options(self.threads, config, self.kernels), providers)
         self.provider = self.session.get_providers()[0]
         if provider == "cuda" and self.provider != CUDA:
             raise ProviderUnavailable("onnxruntime could not start CUDA for this model")
@@ -170,7 +173,7 @@ class ModelSession:
         self._pool: ThreadPoolExecutor | None = None
         self._runs = _RunsInFlight()
         if self.parallel_runs > 1:
-            row_session = self._create(_options(1, config), providers)
+            row_session = self._create(_options(1, config, self.kernels), providers)
             self._row_run = _direct_run(row_session, CPU) or _public_run(row_session)
             self._pool = ThreadPoolExecutor(self.parallel_runs, thread_name_prefix="ctxembed-row")
 
@@ -265,8 +268,30 @@ def _preload_cuda_libraries() -> None:
         log.debug("onnxruntime.preload_dlls: %s", exc)
 
 
-def _options(threads: int, config: EngineSettings) -> ort.SessionOptions:
+def _kernels_library() -> Path | None:
+    """ctxembed's fused int8 kernels (``ctxembed.kernels``), where the install built them and
+    this onnxruntime accepts them; else None, and the graphs run onnxruntime's own operators
+    (the same results: the kernels compute the functions' bodies bit for bit)."""
+    from ctxembed.kernels import library
+
+    path = library()
+    if path is None:
+        log.info("fused int8 kernels not built (no C compiler at install): standard operators")
+        return None
+    try:  # a library this onnxruntime cannot load: say so once, at load, and go on without
+        ort.SessionOptions().register_custom_ops_library(str(path))
+    except Exception as exc:  # onnxruntime raises its own exception types
+        log.warning("fused int8 kernels not loaded (%s): running standard operators", exc)
+        return None
+    return path
+
+
+def _options(
+    threads: int, config: EngineSettings, kernels: Path | None = None
+) -> ort.SessionOptions:
     options = ort.SessionOptions()
+    if kernels is not None:
+        options.register_custom_ops_library(str(kernels))
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL

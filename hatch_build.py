@@ -1,0 +1,49 @@
+"""Wheel build hook: compile ctxembed's fused int8 kernels where a C compiler exists.
+
+The library (runtime/ctxembed/kernels) is optional: without it the int8 graphs run onnxruntime's
+standard operators with the same results, only slower, so a missing compiler warns and the
+wheel stays pure Python. ``CTXEMBED_BUILD_KERNELS=0`` skips it. An editable install compiles it
+in place, where the source tree is imported from.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from hatchling.builders.hooks.plugin.interface import BuildHookInterface
+
+BUILD_SCRIPT = Path(__file__).parent / "runtime" / "ctxembed" / "kernels" / "build.py"
+
+
+def _kernels_build() -> ModuleType:
+    """ctxembed/kernels/build.py, loaded by path: ctxembed is not installed yet."""
+    spec = importlib.util.spec_from_file_location("ctxembed_kernels_build", BUILD_SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class KernelsBuildHook(BuildHookInterface):  # type: ignore[type-arg]
+    def initialize(self, version: str, build_data: dict[str, Any]) -> None:
+        if os.environ.get("CTXEMBED_BUILD_KERNELS", "1").lower() in {"0", "no", "off", "false"}:
+            return
+        build = _kernels_build()
+        try:
+            library = build.build()
+        except build.BuildError as exc:
+            self.app.display_warning(
+                f"ctxembed: fused int8 kernels not built ({exc}); int8 graphs will run"
+                " onnxruntime's standard operators (same results, slower)"
+            )
+            return
+        self.app.display_info(f"ctxembed: fused int8 kernels built: {library}")
+        if version == "editable":  # imported from the source tree, where it now is
+            return
+        build_data["force_include"][str(library)] = f"ctxembed/kernels/{library.name}"
+        build_data["pure_python"] = False
+        build_data["infer_tag"] = True
