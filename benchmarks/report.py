@@ -271,19 +271,27 @@ def _int8_over_fp32(engines: dict[str, Any]) -> list[str]:
 
 
 def _fused_kernels(model: dict[str, Any]) -> list[str]:
-    """ctxembed's fused int8 kernels on and off (benchmarks.fused_kernels), same run."""
+    """ctxembed's fused kernels on and off (benchmarks.fused_kernels), same run."""
     f = model.get("fused_kernels") or {}
-    if not f.get("products"):
+    if not (f.get("products") or f.get("layer_norms")):
         return []
     if "error" in f:
-        return [f"- fused int8 kernels: not timed: {f['error']}"]
+        return [f"- fused kernels: not timed: {f['error']}"]
     bank, rate = f["bank_p50_ms"], f["corpus_texts_per_s"]
-    same = "bit for bit the same vectors" if f["identical"] else "**different vectors** (a bug)"
+    same = (
+        "bit for bit the same vectors"
+        if f["identical"]
+        else f"vectors within float rounding: worst word cosine {f['worst_word_cosine']:.6f},"
+        f" largest difference {f['max_abs_diff']:.1e}"
+    )
+    what = [f"{f['layer_norms']} layer norms"] if f.get("layer_norms") else []
+    if f.get("products"):
+        what.insert(0, f"the {f['products']} int8 products' per-row chains")
     return [
-        f"- fused int8 kernels (`benchmarks.fused_kernels`: the {f['products']} int8 products'"
-        f" per-row chains as one kernel each, {f['nodes'][0]} → {f['nodes'][1]} nodes; {same};"
-        f" on and off interleaved): bank {_f(bank['standard'])} → {_f(bank['kernels'])} ms in"
-        f" process, corpus {_f(rate['standard'], 1)} → {_f(rate['kernels'], 1)} texts/s"
+        f"- fused kernels (`benchmarks.fused_kernels`: {' and '.join(what)} as one kernel each,"
+        f" {f['nodes'][0]} → {f['nodes'][1]} nodes; {same}; on and off interleaved): bank"
+        f" {_f(bank['standard'])} → {_f(bank['kernels'])} ms in process, corpus"
+        f" {_f(rate['standard'], 1)} → {_f(rate['kernels'], 1)} texts/s"
         f" (**{_f(f['corpus_speedup'])}×**); every ctxembed figure above runs them"
     ]
 

@@ -105,14 +105,13 @@ def mpnet_base() -> Model:
 
 
 def _wrap_chains(exported: Path) -> None:
-    """An `outlier` export from before the fused kernels gets its chains wrapped in place, as
-    the export does now (the same graph and numbers otherwise: no re-export needed)."""
+    """An export from before the fused kernels gets its chains wrapped in place, as the export
+    does now (the same graphs and numbers otherwise: no re-export needed)."""
     from ctxembed.export.fused_chains import rewrite_folder
     from ctxembed.runtime.manifest import load_manifest
 
-    quantization = load_manifest(exported).variant("int8").quantization or {}
-    if quantization.get("scheme") == "outlier" and "fused_chains" not in quantization:
-        print(f"  wrapping {exported.name}'s int8 chains for the fused kernels", flush=True)
+    if any("fused_chains" not in v.optimization for v in load_manifest(exported).variants):
+        print(f"  wrapping {exported.name}'s chains for the fused kernels", flush=True)
         rewrite_folder(exported)
 
 
@@ -255,6 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "matmul_peak": matmul_gflops() | {"memory_gbps": memory_gbps()},
         "models": {},
     }
+    _wrap_chains(args.model_dir)
     models = [Model("all-MiniLM-L6-v2", args.model_dir, embedded_model_dir(), True)]
     if not args.skip_base:
         print("preparing all-mpnet-base-v2 (fetched and exported once, cached) ...", flush=True)

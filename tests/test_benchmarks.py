@@ -445,15 +445,19 @@ def test_make_bench_runs_through_in_smoke_mode(model_dir: Path, tmp_path: Path) 
 
 
 def test_the_kernels_benchmark_times_both_ways_and_skips_other_graphs(
-    outlier_export: Path, model_dir: Path
+    outlier_export: Path, model_dir: Path, tmp_path: Path
 ) -> None:
+    import shutil
+
     from benchmarks.fused_kernels import measure
     from ctxembed.kernels import library
+    from ctxembed.runtime.manifest import load_manifest
 
     if library() is None:
         pytest.skip("the kernels are not built here")
     result = measure(outlier_export, rounds=1, reps=3, texts=8)
-    assert result["products"] > 0 and result["identical"] is True
+    assert result["products"] > 0 and result["layer_norms"] > 0
+    assert result["worst_word_cosine"] > 0.9999 and result["max_abs_diff"] < 1e-2
     assert (
         set(result["bank_p50_ms"])
         == set(result["corpus_texts_per_s"])
@@ -465,7 +469,13 @@ def test_the_kernels_benchmark_times_both_ways_and_skips_other_graphs(
     assert result["bank_saving_ms"] == pytest.approx(
         result["bank_p50_ms"]["standard"] - result["bank_p50_ms"]["kernels"]
     )
-    assert measure(model_dir, rounds=1, reps=3, texts=8) == {"products": 0}  # no such chains
+    other = tmp_path / "no-functions"  # a folder exported before: nothing to time
+    shutil.copytree(model_dir, other)
+    manifest = load_manifest(other)
+    for variant in manifest.variants:
+        variant.optimization.pop("fused_chains", None)
+    (other / "manifest.json").write_text(manifest.to_json())
+    assert measure(other, rounds=1, reps=3, texts=8) == {"products": 0, "layer_norms": 0}
 
 
 def test_report_prints_the_kernels_on_and_off() -> None:
@@ -475,18 +485,27 @@ def test_report_prints_the_kernels_on_and_off() -> None:
     assert _fused_kernels(model) == []
     model["fused_kernels"] = {
         "products": 47,
+        "layer_norms": 25,
         "nodes": [1206, 813],
         "identical": True,
+        "worst_word_cosine": 1.0,
+        "max_abs_diff": 0.0,
         "bank_p50_ms": {"standard": 9.0, "kernels": 8.0},
         "corpus_texts_per_s": {"standard": 110.0, "kernels": 137.5},
         "bank_saving_ms": 1.0,
         "corpus_speedup": 1.25,
     }
     [line] = _fused_kernels(model)
-    assert "the 47 int8 products' per-row chains as one kernel each, 1206 → 813 nodes" in line
+    assert (
+        "the 47 int8 products' per-row chains and 25 layer norms as one kernel each,"
+        " 1206 → 813 nodes"
+    ) in line
     assert "bit for bit the same vectors" in line
     assert "bank 9.00 → 8.00 ms in process, corpus 110.0 → 137.5 texts/s (**1.25×**)" in line
-    model["fused_kernels"]["identical"] = False
-    assert "**different vectors** (a bug)" in _fused_kernels(model)[0]
+    model["fused_kernels"] |= {"identical": False, "worst_word_cosine": 0.9999991}
+    model["fused_kernels"] |= {"max_abs_diff": 2.4e-6, "products": 0}
+    [line] = _fused_kernels(model)
+    assert "(`benchmarks.fused_kernels`: 25 layer norms as one kernel each" in line
+    assert "worst word cosine 0.999999, largest difference 2.4e-06" in line
     model["fused_kernels"] = {"products": 47, "nodes": [1206, 813], "error": "not built"}
-    assert _fused_kernels(model) == ["- fused int8 kernels: not timed: not built"]
+    assert _fused_kernels(model) == ["- fused kernels: not timed: not built"]

@@ -1,6 +1,7 @@
-"""ctxembed's fused int8 kernels (runtime/ctxembed/kernels): built at install, registered on the
-CPU provider, and computing exactly what the ONNX functions they stand for compute, bit for
-bit, in every vector form this CPU runs."""
+"""ctxembed's fused kernels (runtime/ctxembed/kernels): built at install, registered on the CPU
+provider, and computing what the ONNX functions they stand for compute, in every vector form
+this CPU runs: the int8 chains bit for bit, the layer norms to float rounding (and closer to
+the exact result than onnxruntime's own kernel)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import ctypes
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +18,13 @@ import pytest
 from ctxembed.export.fused_chains import DOMAIN, rewrite_folder, row_functions
 from ctxembed.kernels import OPS, library
 from ctxembed.kernels.build import BuildError, build, compiler
-from ctxembed.runtime import TextInput, WordEmbedder
+from ctxembed.runtime import TextInput, WordEmbedder, WordEmbeddings
 from ctxembed.runtime.cpu import cpu_flags
 from ctxembed.runtime.manifest import load_manifest
 
 OPSET = 18
 FORMS = ["scalar", "avx2", "avx512"]
+OUTPUTS = ["q1", "row1", "outl", "y1", "q2", "row2", "y2", "norm", "norm_bias"]
 
 
 def _form_runs_here(form: str) -> bool:
@@ -48,7 +50,8 @@ def test_build_writes_the_library_and_names_a_missing_compiler(tmp_path: Path) -
 def chain_model(k: int, n: int, channels: list[int], col_size: int | None = None) -> bytes:
     """x -> each fused chain pair around a MatMulInteger, with its intermediates as outputs:
     RowQuantizeOutliers + RowDequantizeAdd (an fp32 outlier part) and RowQuantize +
-    RowDequantize, as the export writes them, the functions included."""
+    RowDequantize; and x + skip -> SkipLayerNorm[Bias]: as the export writes them, the
+    functions included."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -70,7 +73,13 @@ def chain_model(k: int, n: int, channels: list[int], col_size: int | None = None
     def node(op: str, ins: list[str], outs: list[str], domain: str = "") -> onnx.NodeProto:
         return helper.make_node(op, ins, outs, domain=domain)
 
+    inits |= {
+        "gamma": rng.uniform(0.5, 1.5, k).astype(np.float32),
+        "beta": rng.normal(size=k).astype(np.float32),
+        "bias": rng.normal(size=k).astype(np.float32),
+    }
     q_in = ["x", "inlier_scale", "floor", "qscale", "zero_point"]
+    norm_in = ["x", "skip", "gamma", "beta"]
     nodes = [
         node("RowQuantizeOutliers", [*q_in, "channels"], ["q1", "row1", "outl"], DOMAIN),
         node("MatMulInteger", ["q1", "w", "zero_point", "w_zero"], ["acc1"]),
@@ -79,14 +88,20 @@ def chain_model(k: int, n: int, channels: list[int], col_size: int | None = None
         node("RowQuantize", q_in, ["q2", "row2"], DOMAIN),
         node("MatMulInteger", ["q2", "w", "zero_point", "w_zero"], ["acc2"]),
         node("RowDequantize", ["acc2", "col", "row2"], ["y2"], DOMAIN),
+        node("SkipLayerNorm", norm_in, ["norm"], DOMAIN),
+        node("SkipLayerNormBias", [*norm_in, "bias"], ["norm_bias"], DOMAIN),
     ]
+    for norm in nodes[-2:]:
+        norm.attribute.append(helper.make_attribute("epsilon", 1e-5))
     types = {"q1": TensorProto.UINT8, "q2": TensorProto.UINT8}
-    outputs = ["q1", "row1", "outl", "y1", "q2", "row2", "y2"]
     graph = helper.make_graph(
         nodes,
         "chains",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "t", k])],
-        [helper.make_tensor_value_info(o, types.get(o, TensorProto.FLOAT), None) for o in outputs],
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "t", k]),
+            helper.make_tensor_value_info("skip", TensorProto.FLOAT, ["s", "t", k]),
+        ],
+        [helper.make_tensor_value_info(o, types.get(o, TensorProto.FLOAT), None) for o in OUTPUTS],
         [numpy_helper.from_array(v, name) for name, v in inits.items()],
     )
     model = helper.make_model(
@@ -136,32 +151,75 @@ def kernels_form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 
 @pytest.mark.parametrize("kernels_form", FORMS, indirect=True)
 @pytest.mark.parametrize(
-    ("shape", "n", "channels"),
+    ("shape", "n", "channels", "skip_rows"),
     [
-        ((1, 13, 37), 40, [3, 36]),  # short rows, widths off the vector length: the tails
-        ((4, 300, 96), 24, [0, 50, -1]),  # > 65,536 elements: parallel parts; a negative index
+        ((1, 13, 37), 40, [3, 36], 1),  # short rows, widths off the vector length: the tails
+        # > 65,536 elements: parallel parts; a negative index; 19 rows: a partial block of 16
+        ((4, 300, 96), 24, [0, 50, -1], 4),
+        ((3, 19, 768), 8, [5], 1),  # one skip row for every batch row (skip broadcast)
     ],
 )
 def test_kernels_match_the_functions_bit_for_bit(
-    kernels_form: str, shape: tuple[int, int, int], n: int, channels: list[int]
+    kernels_form: str, shape: tuple[int, int, int], n: int, channels: list[int], skip_rows: int
 ) -> None:
     k = shape[-1]
     positive = [c % k for c in channels]
     model = chain_model(k, n, channels)
     x = activations(shape, positive)
-    expected = session(model, kernels=False).run(None, {"x": x})  # type: ignore[attr-defined]
+    skip = np.random.default_rng(3).normal(size=(skip_rows, *shape[1:])).astype(np.float32)
+    feed = {"x": x, "skip": skip}
+    expected = session(model, kernels=False).run(None, feed)  # type: ignore[attr-defined]
     fused = session(model, kernels=True)
-    got = fused.run(None, {"x": x})  # type: ignore[attr-defined]
-    for name, want, have in zip(["q1", "row1", "outl", "y1", "q2", "row2", "y2"], expected, got):
+    got = fused.run(None, feed)  # type: ignore[attr-defined]
+    for name, want, have in zip(OUTPUTS, expected, got, strict=True):
         assert have.dtype == want.dtype and have.shape == want.shape, name
-        assert np.array_equal(have, want), f"{name} differs in the {kernels_form} form"
+        if name.startswith("norm"):  # reassociated sums: float rounding, and no worse
+            exact = layer_norm_f64(model, x, skip, with_bias=name == "norm_bias")
+            assert np.abs(have - want).max() < 1e-5 * np.abs(want).max(), name
+            assert np.abs(have - exact).max() <= np.abs(want - exact).max() + 1e-7, name
+        else:
+            assert np.array_equal(have, want), f"{name} differs in the {kernels_form} form"
     assert got[0][0, 0].tolist() == [128] * k  # a zero row quantizes to the zero point
-    assert _ops_run(model, x, kernels=True) >= set(OPS)
-    assert not _ops_run(model, x, kernels=True) & {"QuantizeLinear", "Cast", "Div"}
-    assert not _ops_run(model, x, kernels=False) & set(OPS)  # the bodies ran instead
+    standard = {"QuantizeLinear", "Cast", "Div", "SkipLayerNormalization"}
+    assert _ops_run(model, feed, kernels=True) >= set(OPS)
+    assert not _ops_run(model, feed, kernels=True) & standard
+    assert not _ops_run(model, feed, kernels=False) & set(OPS)  # the bodies ran instead
 
 
-def _ops_run(model: bytes, x: np.ndarray, kernels: bool) -> set[str]:
+def layer_norm_f64(model: bytes, x: np.ndarray, skip: np.ndarray, with_bias: bool) -> np.ndarray:
+    """SkipLayerNormalization in float64 with the model's constants: the exact answer."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load_from_string(model).graph
+    inits = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    v = x.astype(np.float64) + np.broadcast_to(skip, x.shape)
+    if with_bias:
+        v = v + inits["bias"]
+    mean = v.mean(-1, keepdims=True)
+    return (v - mean) / np.sqrt(v.var(-1, keepdims=True) + 1e-5) * inits["gamma"] + inits["beta"]
+
+
+def test_every_form_computes_the_same_layer_norm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The layer norm's forms are one C body compiled for wider registers: their sums run in
+    the same order, so they agree bit for bit with each other (only with onnxruntime's to
+    rounding)."""
+    if library() is None:
+        pytest.skip("the kernels are not built here")
+    model = chain_model(768, 8, [5])
+    x = activations((2, 21, 768), [5])
+    feed = {"x": x, "skip": np.random.default_rng(4).normal(size=x.shape).astype(np.float32)}
+    outputs = {}
+    for form in [f for f in FORMS if _form_runs_here(f)]:
+        monkeypatch.setenv("CTXEMBED_KERNELS_ISA", form)
+        got = session(model, kernels=True).run(None, feed)  # type: ignore[attr-defined]
+        outputs[form] = got[OUTPUTS.index("norm")], got[OUTPUTS.index("norm_bias")]
+    first = outputs.pop("scalar")
+    for form, got in outputs.items():
+        assert all(np.array_equal(a, b) for a, b in zip(got, first, strict=True)), form
+
+
+def _ops_run(model: bytes, feed: dict[str, np.ndarray], kernels: bool) -> set[str]:
     """The operators a session ran, from its profile: the kernels, or the functions' bodies."""
     import onnxruntime as ort
 
@@ -171,7 +229,7 @@ def _ops_run(model: bytes, x: np.ndarray, kernels: bool) -> set[str]:
     if kernels:
         options.register_custom_ops_library(str(library()))
     profiled = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-    profiled.run(None, {"x": x})
+    profiled.run(None, feed)
     path = Path(profiled.end_profiling())
     events = json.loads(path.read_text())
     path.unlink()
@@ -184,8 +242,9 @@ def test_an_input_of_the_wrong_size_fails_the_run_cleanly() -> None:
     if library() is None:
         pytest.skip("the kernels are not built here")
     fused = session(chain_model(37, 40, [3], col_size=39), kernels=True)
+    x = activations((1, 5, 37), [3])
     with pytest.raises(Exception, match="does not match"):
-        fused.run(None, {"x": activations((1, 5, 37), [3])})  # type: ignore[attr-defined]
+        fused.run(None, {"x": x, "skip": x})  # type: ignore[attr-defined]
 
 
 TEXTS = [
@@ -194,18 +253,29 @@ TEXTS = [
 ]
 
 
-def test_the_outlier_export_wraps_its_chains_and_runs_the_kernels(outlier_export: Path) -> None:
-    """The manifest records the wrapped chains; the kernels run them (where built) and give
-    the vectors the functions' bodies give, bit for bit."""
-    int8 = load_manifest(outlier_export).variant("int8")
-    facts = (int8.quantization or {})["fused_chains"]
-    assert facts["domain"] == DOMAIN and facts["products"] > 0
+def _worst_word_cosine(a: Sequence[WordEmbeddings], b: Sequence[WordEmbeddings]) -> float:
+    x = np.concatenate([r.vectors for r in a])
+    y = np.concatenate([r.vectors for r in b])
+    cos = (x * y).sum(-1) / np.linalg.norm(x, axis=-1) / np.linalg.norm(y, axis=-1)
+    return float(cos.min())
+
+
+@pytest.mark.parametrize("variant", ["int8", "fp32"])
+def test_the_export_wraps_its_chains_and_runs_the_kernels(
+    outlier_export: Path, variant: str
+) -> None:
+    """The manifest records what was wrapped; the kernels run it (where built) and give the
+    vectors the functions' bodies give (to the layer norms' float rounding)."""
+    manifest = load_manifest(outlier_export)
+    facts = manifest.variant("int8").optimization["fused_chains"]
+    assert facts["domain"] == DOMAIN and facts["products"] > 0 and facts["layer_norms"] > 0
     assert facts["nodes"][1] < facts["nodes"][0]
-    on = WordEmbedder.load(outlier_export, "cpu")
-    off = WordEmbedder.load(outlier_export, "cpu", fused_kernels=False)
+    fp32 = manifest.variant("fp32").optimization["fused_chains"]
+    assert fp32["products"] == 0 and fp32["layer_norms"] == facts["layer_norms"]
+    on = WordEmbedder.load(outlier_export, "cpu", variant=variant)
+    off = WordEmbedder.load(outlier_export, "cpu", variant=variant, fused_kernels=False)
     assert on.session.kernels == library() and off.session.kernels is None
-    for a, b in zip(on.embed(TEXTS), off.embed(TEXTS), strict=True):
-        assert np.array_equal(a.vectors, b.vectors)
+    assert _worst_word_cosine(on.embed(TEXTS), off.embed(TEXTS)) > 0.9999
 
 
 def test_a_folder_exported_before_the_kernels_is_wrapped_in_place(
@@ -221,24 +291,29 @@ def test_a_folder_exported_before_the_kernels_is_wrapped_in_place(
 
     folder = tmp_path / "old"
     shutil.copytree(outlier_export, folder)
-    int8 = load_manifest(folder).variant("int8")
-    wrapped = onnx.load(str(folder / int8.file))
-    before = inliner.inline_local_functions(wrapped)  # the graph as exports wrote it before
-    del before.functions[:]
-    kept = [o for o in before.opset_import if o.domain != DOMAIN]
-    del before.opset_import[:]
-    before.opset_import.extend(kept)
-    assert not any(n.domain == DOMAIN for n in before.graph.node)
-    onnx.save(before, str(folder / int8.file))
+    manifest = load_manifest(folder)
+    for variant in manifest.variants:  # the graphs as exports wrote them before
+        before = inliner.inline_local_functions(onnx.load(str(folder / variant.file)))
+        del before.functions[:]
+        kept = [o for o in before.opset_import if o.domain != DOMAIN]
+        del before.opset_import[:]
+        before.opset_import.extend(kept)
+        assert not any(n.domain == DOMAIN for n in before.graph.node)
+        onnx.save(before, str(folder / variant.file))
+    old_manifest = (folder / "manifest.json").read_text()
+    for variant in manifest.variants:
+        del variant.optimization["fused_chains"]
+    (folder / "manifest.json").write_text(manifest.to_json())
     assert main([str(folder)]) == 0
-    after = load_manifest(folder).variant("int8")
-    facts = (after.quantization or {})["fused_chains"]
-    assert facts["products"] == (int8.quantization or {})["fused_chains"]["products"]
-    assert after.sha256 == file_sha256(folder / after.file) != file_sha256(folder / "model.onnx")
+    exported = {v["name"]: v["optimization"] for v in json.loads(old_manifest)["variants"]}
+    for variant in load_manifest(folder).variants:
+        facts, was = variant.optimization["fused_chains"], exported[variant.name]["fused_chains"]
+        assert (facts["products"], facts["layer_norms"]) == (was["products"], was["layer_norms"])
+        assert variant.sha256 == file_sha256(folder / variant.file)
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         p.name for p in outlier_export.iterdir()
     )
     assert rewrite_folder(folder) == {}  # wrapped already: nothing to do
     new = WordEmbedder.load(folder, "cpu").embed(TEXTS)
     for a, b in zip(new, WordEmbedder.load(outlier_export, "cpu").embed(TEXTS), strict=True):
-        assert np.array_equal(a.vectors, b.vectors)
+        assert np.array_equal(a.vectors, b.vectors)  # the same graph as the export's

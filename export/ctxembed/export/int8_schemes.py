@@ -168,8 +168,4 @@ def build_int8(
         facts |= freeze_activation_ranges(out, out, feeds, known=known)
     else:  # every weight MatMul is block-wise: no per-tensor activation left to calibrate
         facts["activations"] = "blockwise"
-    if scheme == "outlier":  # the per-row chains as functions ctxembed's kernels run
-        from ctxembed.export.fused_chains import wrap_file  # not at import: it is also `-m` run
-
-        facts |= wrap_file(out, out)
     return facts

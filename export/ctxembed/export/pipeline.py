@@ -282,6 +282,10 @@ def _build(
             variants.append(_variant("fp16", "model_fp16.onnx", "fp16", "cuda", tmp, {}))
     else:
         steps.done += 1
+    # Chains of small operators as functions ctxembed's kernels run (the same numbers)
+    from ctxembed.export.fused_chains import wrapped_variant  # not at import: it is `-m` run
+
+    variants = [wrapped_variant(tmp, v) for v in variants]
     with steps.step(f"Validating {len(variants)} variant(s) against PyTorch"):
         variants = _validate(opts, variants, tmp, references())
     if opts.variants:  # built and validated, but not shipped

@@ -1,10 +1,11 @@
-"""ctxembed's fused int8 kernels: onnxruntime custom ops for the ``outlier`` graph's chains.
+"""ctxembed's fused kernels: onnxruntime custom ops for chains of small operators.
 
-The ``outlier`` int8 scheme (docs/int8.md) wraps each int8 product's quantizing chain and its
-dequantizing chain as ONNX functions of the ``ctxembed`` domain, whose bodies are the standard
-operators. onnxruntime inlines them, unless this library is registered: then each chain runs as
-one kernel of ``row_int8.c``, with the same results bit for bit. ``ModelSession`` registers it on
-the CPU provider where it was built (at install, ``build.py``).
+The export (``fused_chains.py``) wraps each layer norm of a CPU graph and, in the ``outlier``
+int8 scheme (docs/int8.md), each int8 product's quantizing and dequantizing chains as ONNX
+functions of the ``ctxembed`` domain, whose bodies are onnxruntime's own operators. onnxruntime
+inlines them, unless this library is registered: then each runs as one kernel of
+``fused_ops.c`` (the int8 chains bit for bit, the layer norms to float rounding).
+``ModelSession`` registers it on the CPU provider where it was built (at install, ``build.py``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ from pathlib import Path
 
 DOMAIN = "ctxembed"
 # The functions the export writes and the library implements, by name.
-OPS = ("RowQuantize", "RowQuantizeOutliers", "RowDequantize", "RowDequantizeAdd")
+OPS = (
+    "RowQuantize",
+    "RowQuantizeOutliers",
+    "RowDequantize",
+    "RowDequantizeAdd",
+    "SkipLayerNorm",
+    "SkipLayerNormBias",
+)
 
 
 def library() -> Path | None:

@@ -1,4 +1,4 @@
-"""Compile ctxembed's fused int8 kernels (``row_int8.c``) into the library onnxruntime loads.
+"""Compile ctxembed's fused kernels (``fused_ops.c``) into the library onnxruntime loads.
 
     python -m ctxembed.kernels.build [--cc CC] [--out DIR]
 
@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SOURCE = HERE / "row_int8.c"
+SOURCE = HERE / "fused_ops.c"
 FLAGS = (
     "-O3",  # the portable C form (arm64 and older x86) leans on the vectorizer
     "-std=gnu11",

@@ -1,17 +1,22 @@
-/* ctxembed's fused int8 chains for onnxruntime's CPU provider (a custom-op library).
+/* ctxembed's fused kernels for onnxruntime's CPU provider (a custom-op library).
  *
- * The `outlier` int8 scheme (docs/int8.md) runs every int8 product inside a chain of
- * onnxruntime's small ops, each a pass over the activations and a kernel launch. The export
- * wraps each chain as an ONNX function of the `ctxembed` domain (export/.../fused_chains.py);
- * registered, this library runs each as one pass, with the same float operations in the same
- * order (no fused multiply-add), so its results are the chains' bit for bit. Unregistered,
- * onnxruntime inlines the functions' standard bodies.
+ * The export wraps chains of onnxruntime's small operators as ONNX functions of the `ctxembed`
+ * domain (export/ctxembed/export/fused_chains.py). Registered, this library runs each as one
+ * kernel; unregistered, onnxruntime inlines the functions' standard bodies. The int8 chains
+ * keep the same float operations in the same order (no fused multiply-add): their results are
+ * the functions' bit for bit.
  *
+ * The `outlier` int8 scheme (docs/int8.md): each int8 product runs between two chains.
  *   RowQuantize(x[..., K], inlier_scale[K], floor, qscale, zero_point[, outlier_channels[M]])
  *     -> q (uint8 [..., K]), row (float [..., 1])[, outliers (float [..., M])]
  *     v = x * inlier_scale; row = max(max|v|, floor); q = sat(rne(clamp(v / row / qscale)) + zp)
  *   RowDequantize(acc (int32 [..., N]), col_scale[N], row[..., 1][, outlier_part[..., N]])
  *     -> y = float(acc) * col_scale * row [+ outlier_part]
+ * Every graph: onnxruntime's SkipLayerNormalization (one at a time, its CPU kernel is among
+ * the slowest per element). Its sums are reassociated here, so it agrees to float rounding only.
+ *   SkipLayerNorm(x[..., H], skip, gamma[H], beta[H][, bias[H]]; epsilon) -> y
+ *     v = x + skip [+ bias]; m = mean(v); sd = sqrt(mean((v - m)^2) + epsilon);
+ *     y = (v - m) / sd * gamma + beta
  */
 #include <math.h>
 #include <stdint.h>
@@ -22,14 +27,15 @@
 
 static const OrtApi *ort;
 
-enum kind { ROW_QUANTIZE, ROW_DEQUANTIZE };
+enum kind { ROW_QUANTIZE, ROW_DEQUANTIZE, SKIP_LAYER_NORM };
 
 typedef struct {
   OrtCustomOp op;
   enum kind kind;
-  int extra; /* RowQuantizeOutliers: the outlier channels; RowDequantizeAdd: a part to add */
+  int extra; /* RowQuantizeOutliers: outlier channels; RowDequantizeAdd: a part to add;
+               SkipLayerNormBias: a bias */
   const char *name;
-} RowOp;
+} FusedOp;
 
 /* Rows below this many elements in all run on the calling thread: a parallel-for costs more. */
 #define PARALLEL_MIN_ELEMENTS 65536
@@ -242,20 +248,6 @@ __attribute__((visibility("default"))) const char *ctxembed_kernels_form(void) {
   return "scalar";
 }
 
-static void choose_kernels(void) {
-  const char *form = ctxembed_kernels_form();
-  quantize_row = quantize_row_scalar;
-  dequantize_row = dequantize_row_scalar;
-#if defined(__x86_64__) || defined(_M_X64)
-  if (strcmp(form, "avx512") == 0) {
-    quantize_row = quantize_row_avx512;
-    dequantize_row = dequantize_row_avx512;
-  } else if (strcmp(form, "avx2") == 0) {
-    quantize_row = quantize_row_avx2;
-    dequantize_row = dequantize_row_avx2;
-  }
-#endif
-}
 
 /* Runs fn over `rows` rows of `width` elements each: on this thread when the pass is small
  * (waking onnxruntime's intra-op threads costs more), else in parts on them. */
@@ -356,26 +348,166 @@ static OrtStatus *row_dequantize(OrtKernelContext *ctx, int with_extra) {
   return for_rows(ctx, dequantize_rows, &j, j.rows, j.n, &j.chunk);
 }
 
+/* ---- SkipLayerNorm -------------------------------------------------------------------- */
+
+typedef struct {
+  const float *x, *skip, *gamma, *beta, *bias;
+  float *y;
+  int64_t h, rows, skip_size, chunk;
+  float epsilon;
+} NormJob;
+
+#define LANES 16
+
+/* The lanes' sum, halving: a fixed order, so every form below adds in the same order. */
+static inline float lane_sum(float *acc) {
+  for (int width = LANES / 2; width > 0; width /= 2)
+    for (int l = 0; l < width; l++) acc[l] += acc[l + width];
+  return acc[0];
+}
+
+/* One row, in three passes: v = x + skip [+ bias] (kept in y) and its sum; the sum of squared
+ * deviations from the mean (two passes hold the variance where one, sum(v*v)/H - mean^2, loses
+ * it to cancellation); y = (v - mean) / sd * gamma + beta. Sums run in LANES interleaved
+ * partial sums, in the same order in every form: the vector forms only compile this code for
+ * wider registers. onnxruntime's own kernel sums otherwise: results agree to float rounding
+ * (tests/test_kernels.py), not bit for bit. */
+static inline __attribute__((always_inline)) void norm_row_body(const NormJob *j, int64_t i) {
+  const int64_t h = j->h;
+  const float *x = j->x + i * h, *skip = j->skip + (i * h) % j->skip_size, *bias = j->bias;
+  float *y = j->y + i * h;
+  float acc[LANES] = {0};
+  if (bias) {
+    for (int64_t c = 0; c < h; c++) y[c] = (x[c] + skip[c]) + bias[c];
+  } else {
+    for (int64_t c = 0; c < h; c++) y[c] = x[c] + skip[c];
+  }
+  int64_t c = 0;
+  for (; c + LANES <= h; c += LANES)
+    for (int l = 0; l < LANES; l++) acc[l] += y[c + l];
+  for (int l = 0; c + l < h; l++) acc[l] += y[c + l];
+  const float mean = lane_sum(acc) / (float)h;
+  memset(acc, 0, sizeof acc);
+  for (c = 0; c + LANES <= h; c += LANES)
+    for (int l = 0; l < LANES; l++) {
+      float d = y[c + l] - mean;
+      acc[l] += d * d;
+    }
+  for (int l = 0; c + l < h; l++) {
+    float d = y[c + l] - mean;
+    acc[l] += d * d;
+  }
+  const float sd = sqrtf(lane_sum(acc) / (float)h + j->epsilon);
+  for (c = 0; c < h; c++) y[c] = (y[c] - mean) / sd * j->gamma[c] + j->beta[c];
+}
+
+typedef void (*norm_row_fn)(const NormJob *j, int64_t i);
+
+static void norm_row_scalar(const NormJob *j, int64_t i) { norm_row_body(j, i); }
+
+#if defined(__x86_64__) || defined(_M_X64)
+__attribute__((target("avx512f"))) static void norm_row_avx512(const NormJob *j, int64_t i) {
+  norm_row_body(j, i);
+}
+
+__attribute__((target("avx2"))) static void norm_row_avx2(const NormJob *j, int64_t i) {
+  norm_row_body(j, i);
+}
+#endif
+
+static norm_row_fn norm_row = norm_row_scalar;
+
+static void norm_rows(void *arg, size_t part) {
+  const NormJob *j = arg;
+  int64_t first = (int64_t)part * j->chunk, last = first + j->chunk;
+  if (last > j->rows) last = j->rows;
+  for (int64_t i = first; i < last; i++) norm_row(j, i);
+}
+
+static OrtStatus *skip_layer_norm(OrtKernelContext *ctx, int with_bias, float epsilon) {
+  int64_t dims[8], sdims[8], other[8];
+  size_t rank, srank, orank;
+  const void *x, *skip, *gamma, *beta, *bias = NULL;
+  TRY(input(ctx, 0, -1, &x, dims, &rank));
+  if (rank == 0) return ort->CreateStatus(ORT_INVALID_ARGUMENT, "SkipLayerNorm: x is a scalar");
+  NormJob j = {.x = x, .h = dims[rank - 1], .rows = count(dims, rank - 1), .epsilon = epsilon};
+  TRY(input(ctx, 1, -1, &skip, sdims, &srank));
+  j.skip_size = count(sdims, srank);
+  if (j.h == 0 || j.skip_size == 0 || j.skip_size % j.h != 0 || j.skip_size > count(dims, rank))
+    return ort->CreateStatus(ORT_INVALID_ARGUMENT, "SkipLayerNorm: skip does not match x");
+  TRY(input(ctx, 2, j.h, &gamma, other, &orank));
+  TRY(input(ctx, 3, j.h, &beta, other, &orank));
+  if (with_bias) TRY(input(ctx, 4, j.h, &bias, other, &orank));
+  void *y;
+  TRY(output(ctx, 0, dims, rank, &y));
+  j.skip = skip;
+  j.gamma = gamma;
+  j.beta = beta;
+  j.bias = bias;
+  j.y = y;
+  return for_rows(ctx, norm_rows, &j, j.rows, j.h * 4, &j.chunk);
+}
+
+static void choose_kernels(void) {
+  const char *form = ctxembed_kernels_form();
+  quantize_row = quantize_row_scalar;
+  dequantize_row = dequantize_row_scalar;
+  norm_row = norm_row_scalar;
+#if defined(__x86_64__) || defined(_M_X64)
+  if (strcmp(form, "avx512") == 0) {
+    quantize_row = quantize_row_avx512;
+    dequantize_row = dequantize_row_avx512;
+    norm_row = norm_row_avx512;
+  } else if (strcmp(form, "avx2") == 0) {
+    quantize_row = quantize_row_avx2;
+    dequantize_row = dequantize_row_avx2;
+    norm_row = norm_row_avx2;
+  }
+#endif
+}
+
 /* ---- the custom-op tables ------------------------------------------------------------- */
 
-static const RowOp *as_row_op(const OrtCustomOp *op) { return (const RowOp *)op; }
+static const FusedOp *fused_op(const OrtCustomOp *op) { return (const FusedOp *)op; }
+
+
+typedef struct {
+  const FusedOp *op;
+  float epsilon; /* SkipLayerNorm's attribute */
+} Kernel;
 
 static OrtStatus *ORT_API_CALL create_kernel(const OrtCustomOp *op, const OrtApi *api,
                                              const OrtKernelInfo *info, void **kernel) {
   (void)api;
-  (void)info;
-  *kernel = (void *)op;  /* stateless: the op tells which kernel */
+  Kernel *k = calloc(1, sizeof *k);
+  if (!k) return ort->CreateStatus(ORT_FAIL, "ctxembed kernels: out of memory");
+  k->op = fused_op(op);
+  if (k->op->kind == SKIP_LAYER_NORM) {
+    OrtStatus *status = ort->KernelInfoGetAttribute_float(info, "epsilon", &k->epsilon);
+    if (status) {
+      free(k);
+      return status;
+    }
+  }
+  *kernel = k;
   return NULL;
 }
 
 static OrtStatus *ORT_API_CALL compute(void *kernel, OrtKernelContext *ctx) {
-  const RowOp *op = as_row_op(kernel);
-  return op->kind == ROW_QUANTIZE ? row_quantize(ctx, op->extra) : row_dequantize(ctx, op->extra);
+  const Kernel *k = kernel;
+  switch (k->op->kind) {
+    case ROW_QUANTIZE:
+      return row_quantize(ctx, k->op->extra);
+    case ROW_DEQUANTIZE:
+      return row_dequantize(ctx, k->op->extra);
+    default:
+      return skip_layer_norm(ctx, k->op->extra, k->epsilon);
+  }
 }
 
-static void ORT_API_CALL destroy(void *kernel) { (void)kernel; }
+static void ORT_API_CALL destroy(void *kernel) { free(kernel); }
 
-static const char *ORT_API_CALL op_name(const OrtCustomOp *op) { return as_row_op(op)->name; }
+static const char *ORT_API_CALL op_name(const OrtCustomOp *op) { return fused_op(op)->name; }
 
 static const char *ORT_API_CALL provider(const OrtCustomOp *op) {
   (void)op;
@@ -383,27 +515,30 @@ static const char *ORT_API_CALL provider(const OrtCustomOp *op) {
 }
 
 static ONNXTensorElementDataType ORT_API_CALL input_type(const OrtCustomOp *op, size_t i) {
-  if (as_row_op(op)->kind == ROW_QUANTIZE) {
-    static const ONNXTensorElementDataType t[] = {
-        ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT,
-        ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT, ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT,
-        ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64};
-    return t[i];
+  switch (fused_op(op)->kind) {
+    case ROW_QUANTIZE:
+      if (i == 4) return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+      return i == 5 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    case ROW_DEQUANTIZE:
+      return i == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    default:
+      return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
   }
-  return i == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 }
 
 static size_t ORT_API_CALL input_count(const OrtCustomOp *op) {
-  return (as_row_op(op)->kind == ROW_QUANTIZE ? 5 : 3) + (size_t)as_row_op(op)->extra;
+  static const size_t required_inputs[] = {[ROW_QUANTIZE] = 5, [ROW_DEQUANTIZE] = 3,
+                                           [SKIP_LAYER_NORM] = 4};
+  return required_inputs[fused_op(op)->kind] + (size_t)fused_op(op)->extra;
 }
 
 static ONNXTensorElementDataType ORT_API_CALL output_type(const OrtCustomOp *op, size_t i) {
-  if (as_row_op(op)->kind == ROW_QUANTIZE && i == 0) return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+  if (fused_op(op)->kind == ROW_QUANTIZE && i == 0) return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
   return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 }
 
 static size_t ORT_API_CALL output_count(const OrtCustomOp *op) {
-  return as_row_op(op)->kind == ROW_QUANTIZE ? 2 + (size_t)as_row_op(op)->extra : 1;
+  return fused_op(op)->kind == ROW_QUANTIZE ? 2 + (size_t)fused_op(op)->extra : 1;
 }
 
 static OrtCustomOpInputOutputCharacteristic ORT_API_CALL required(const OrtCustomOp *op,
@@ -436,12 +571,12 @@ static void ORT_API_CALL release_pairs(int *in, int *out) {
   (void)out;
 }
 
-static void fill(RowOp *row_op, enum kind kind, int extra, const char *name) {
-  OrtCustomOp *op = &row_op->op;
-  memset(row_op, 0, sizeof *row_op);
-  row_op->kind = kind;
-  row_op->extra = extra;
-  row_op->name = name;
+static void fill(FusedOp *fused, enum kind kind, int extra, const char *name) {
+  OrtCustomOp *op = &fused->op;
+  memset(fused, 0, sizeof *fused);
+  fused->kind = kind;
+  fused->extra = extra;
+  fused->name = name;
   op->version = ORT_API_VERSION;
   /* CreateKernel and KernelCompute stay NULL: API 16 on calls the V2 forms, which report
    * errors (an input of the wrong size) as a failed run instead of dropping them. */
@@ -470,7 +605,7 @@ static void fill(RowOp *row_op, enum kind kind, int extra, const char *name) {
   op->ReleaseAliasMap = release_pairs;
 }
 
-static RowOp ops[4];
+static FusedOp ops[6];
 
 /* The entry point onnxruntime calls (SessionOptions.register_custom_ops_library). */
 __attribute__((visibility("default"))) OrtStatus *ORT_API_CALL
@@ -482,6 +617,8 @@ RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *base) {
   fill(&ops[1], ROW_QUANTIZE, 1, "RowQuantizeOutliers");
   fill(&ops[2], ROW_DEQUANTIZE, 0, "RowDequantize");
   fill(&ops[3], ROW_DEQUANTIZE, 1, "RowDequantizeAdd");
+  fill(&ops[4], SKIP_LAYER_NORM, 0, "SkipLayerNorm");
+  fill(&ops[5], SKIP_LAYER_NORM, 1, "SkipLayerNormBias");
   OrtCustomOpDomain *domain;
   TRY(ort->CreateCustomOpDomain("ctxembed", &domain));
   for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
