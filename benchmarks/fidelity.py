@@ -70,8 +70,9 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"{result['texts']} texts of `benchmarks/data/int8-heldout.txt`; PyTorch fp32 reference;"
         f" machine: {m['cpu']}, {m['logical_cpus']} CPUs ({', '.join(m['cpu_flags'])}).",
-        f" Scheme: {result['scheme']}. Goal: mean >= {GOAL['word_mean']}, worst >="
-        f" {GOAL['word_min']}.",
+        f" Scheme: {result['scheme']}; ctxembed's fused kernels"
+        f" {'on' if result.get('fused_kernels') else 'off'}. Goal: mean >= {GOAL['word_mean']},"
+        f" worst >= {GOAL['word_min']}.",
         "",
         "| calls of | words | mean | worst | words < 0.98 |",
         "|---|---|---|---|---|",
@@ -110,6 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "variant": args.variant,
         "scheme": quantization.get("scheme", args.variant),
         "texts": len(texts),
+        "fused_kernels": emb.session.kernels is not None,
         "machine": machine_facts(),
         "runs": runs,
         "seconds": time.perf_counter() - started,
