@@ -14,6 +14,7 @@ import pytest
 from helpers import wait_for
 
 from ctxembed.client import CHANNEL_OPTIONS, Client, WordNotFound
+from ctxembed.kernels import library
 from ctxembed.runtime import CharSpan, TextInput, WordEmbedder
 from ctxembed.runtime.cpu import physical_cores
 from ctxembed.v1 import embedder_pb2 as pb
@@ -155,13 +156,16 @@ def test_serve_command_prints_ready_line_and_try_command(model_dir: Path) -> Non
     server = ProcessServer(model_dir)
     try:
         with Client(server.address) as client:
-            assert client.info().dimension == 384
+            info = client.info()
+            assert info.dimension == 384
+            assert info.fused_kernels == (library() is not None)  # GetModelInfo says so
     finally:
         server.proc.send_signal(signal.SIGINT)
     code, log = server.finish()
     assert code == 0
     assert 'try: ctxembed embed "I live near the bank of America" --word bank' in log
-    assert f"{physical_cores()} parallel runs, asyncio)" in log
+    kernels = ", fused kernels" if library() is not None else ""
+    assert f"{physical_cores()} parallel runs{kernels}, asyncio)" in log
     assert sum("INFO" in line for line in log.splitlines()) <= 5  # no per-request logging
 
 
@@ -173,7 +177,7 @@ def test_serve_on_uvloop(model_dir: Path) -> None:
     finally:
         server.proc.send_signal(signal.SIGTERM)
     code, log = server.finish()
-    assert code == 0 and "parallel runs, uvloop)" in log, log
+    assert code == 0 and re.search(r"parallel runs(, fused kernels)?, uvloop\)", log), log
 
 
 def test_cli_embed_and_info(fp32_server: ThreadServer, capsys: pytest.CaptureFixture[str]) -> None:

@@ -189,6 +189,7 @@ class WordEmbedder:
             threads=self.session.threads,
             parallel_runs=self.session.parallel_runs,
             word_segmentation=m.word_segmentation,
+            fused_kernels=self.session.kernels is not None,
         )
 
     # -- the one-call API --------------------------------------------------------------------

@@ -137,3 +137,4 @@ class ModelInfo:
     parallel_runs: int  # single-threaded runs in flight at once
     server_version: str = ""  # set by the server
     word_segmentation: str = "bert"  # how raw text is split into words (segmentation.py)
+    fused_kernels: bool = False  # ctxembed's fused CPU kernels registered (ctxembed.kernels)

@@ -275,7 +275,8 @@ async def serve(
     loop_name = running_loop_name()
     served = " and ".join(
         f"{m.name} ({i.precision}, {i.execution_provider}, {i.threads} threads,"
-        f" {i.parallel_runs} parallel runs, {loop_name})"
+        f" {i.parallel_runs} parallel runs{', fused kernels' if i.fused_kernels else ''},"
+        f" {loop_name})"
         for m in running.registry
         for i in (m.model.info(),)
     )

@@ -162,7 +162,7 @@ class ListModelsResponse(_message.Message):
     def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., default_model: _Optional[str] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("model_name", "source_model", "architecture", "dimension", "num_layers", "layers_available", "max_tokens_per_window", "precision", "execution_provider", "server_version", "onnxruntime_version", "lowercase", "limits", "model_type", "threads", "parallel_runs", "word_segmentation")
+    __slots__ = ("model_name", "source_model", "architecture", "dimension", "num_layers", "layers_available", "max_tokens_per_window", "precision", "execution_provider", "server_version", "onnxruntime_version", "lowercase", "limits", "model_type", "threads", "parallel_runs", "word_segmentation", "fused_kernels")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     SOURCE_MODEL_FIELD_NUMBER: _ClassVar[int]
     ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
@@ -180,6 +180,7 @@ class ModelInfo(_message.Message):
     THREADS_FIELD_NUMBER: _ClassVar[int]
     PARALLEL_RUNS_FIELD_NUMBER: _ClassVar[int]
     WORD_SEGMENTATION_FIELD_NUMBER: _ClassVar[int]
+    FUSED_KERNELS_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     source_model: str
     architecture: str
@@ -197,7 +198,8 @@ class ModelInfo(_message.Message):
     threads: int
     parallel_runs: int
     word_segmentation: str
-    def __init__(self, model_name: _Optional[str] = ..., source_model: _Optional[str] = ..., architecture: _Optional[str] = ..., dimension: _Optional[int] = ..., num_layers: _Optional[int] = ..., layers_available: _Optional[_Iterable[int]] = ..., max_tokens_per_window: _Optional[int] = ..., precision: _Optional[str] = ..., execution_provider: _Optional[str] = ..., server_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., lowercase: _Optional[bool] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., model_type: _Optional[str] = ..., threads: _Optional[int] = ..., parallel_runs: _Optional[int] = ..., word_segmentation: _Optional[str] = ...) -> None: ...
+    fused_kernels: bool
+    def __init__(self, model_name: _Optional[str] = ..., source_model: _Optional[str] = ..., architecture: _Optional[str] = ..., dimension: _Optional[int] = ..., num_layers: _Optional[int] = ..., layers_available: _Optional[_Iterable[int]] = ..., max_tokens_per_window: _Optional[int] = ..., precision: _Optional[str] = ..., execution_provider: _Optional[str] = ..., server_version: _Optional[str] = ..., onnxruntime_version: _Optional[str] = ..., lowercase: _Optional[bool] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., model_type: _Optional[str] = ..., threads: _Optional[int] = ..., parallel_runs: _Optional[int] = ..., word_segmentation: _Optional[str] = ..., fused_kernels: _Optional[bool] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_inputs_per_request", "max_chars_per_text", "max_words_per_text", "max_spans_per_text", "max_select_words", "max_tokens_per_request")

@@ -210,6 +210,7 @@ _INFO_FIELDS = (
     "parallel_runs",
     "server_version",
     "word_segmentation",
+    "fused_kernels",
 )
 
 
