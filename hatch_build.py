@@ -1,7 +1,7 @@
-"""Wheel build hook: compile ctxembed's fused int8 kernels where a C compiler exists.
+"""Wheel build hook: compile ctxembed's fused kernels where a C compiler exists.
 
-The library (runtime/ctxembed/kernels) is optional: without it the int8 graphs run onnxruntime's
-standard operators with the same results, only slower, so a missing compiler warns and the
+The library (runtime/ctxembed/kernels) is optional: without it the graphs run the kernels'
+functions as onnxruntime's standard operators, only slower, so a missing compiler warns and the
 wheel stays pure Python. ``CTXEMBED_BUILD_KERNELS=0`` skips it. An editable install compiles it
 in place, where the source tree is imported from.
 """
@@ -37,11 +37,11 @@ class KernelsBuildHook(BuildHookInterface):  # type: ignore[type-arg]
             library = build.build()
         except build.BuildError as exc:
             self.app.display_warning(
-                f"ctxembed: fused int8 kernels not built ({exc}); int8 graphs will run"
-                " onnxruntime's standard operators (same results, slower)"
+                f"ctxembed: fused kernels not built ({exc}); the graphs will run"
+                " onnxruntime's standard operators instead (slower)"
             )
             return
-        self.app.display_info(f"ctxembed: fused int8 kernels built: {library}")
+        self.app.display_info(f"ctxembed: fused kernels built: {library}")
         if version == "editable":  # imported from the source tree, where it now is
             return
         build_data["force_include"][str(library)] = f"ctxembed/kernels/{library.name}"

@@ -320,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         kernels: dict[str, Any] = {}
         if model.int8:  # an `outlier` graph's chains with and without the kernels
-            print("  fused int8 kernels on and off ...", flush=True)
+            print("  fused kernels on and off ...", flush=True)
             kernels = _python(
                 "benchmarks.fused_kernels",
                 "--model-dir",

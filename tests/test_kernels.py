@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctxembed.export.fused_chains import DOMAIN, rewrite_folder, row_functions
+from ctxembed.export.fused_chains import DOMAIN, functions, rewrite_folder
 from ctxembed.kernels import OPS, library
 from ctxembed.kernels.build import BuildError, build, compiler
 from ctxembed.runtime import TextInput, WordEmbedder, WordEmbeddings
@@ -107,7 +107,7 @@ def chain_model(k: int, n: int, channels: list[int], col_size: int | None = None
     model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(DOMAIN, 1)],
-        functions=row_functions(OPSET),
+        functions=functions(OPSET),
     )
     model.ir_version = 8
     return bytes(model.SerializeToString())

@@ -135,7 +135,10 @@ static void quantize_row_scalar(const QuantizeJob *j, const float *x, uint8_t *q
 
 static void dequantize_tail(const int32_t *a, const float *col, float r, const float *e, float *y,
                             int64_t from, int64_t n) {
-  for (int64_t c = from; c < n; c++) y[c] = ((float)a[c] * col[c]) * r + (e ? e[c] : 0.0f);
+  for (int64_t c = from; c < n; c++) {
+    float v = ((float)a[c] * col[c]) * r;
+    y[c] = e ? v + e[c] : v; /* no "+ 0": it would turn -0 into +0 */
+  }
 }
 
 static void dequantize_row_scalar(const int32_t *a, const float *col, float r, const float *e,
@@ -152,8 +155,10 @@ __attribute__((target("avx512f"))) static void quantize_row_avx512(const Quantiz
   const float *s = j->scale;
   __m512 m = _mm512_setzero_ps();
   int64_t c = 0;
-  for (; c + 16 <= j->k; c += 16)
-    m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_mul_ps(_mm512_loadu_ps(x + c), _mm512_loadu_ps(s + c))));
+  for (; c + 16 <= j->k; c += 16) {
+    __m512 v = _mm512_mul_ps(_mm512_loadu_ps(x + c), _mm512_loadu_ps(s + c));
+    m = _mm512_max_ps(m, _mm512_abs_ps(v));
+  }
   float peak = scaled_peak(x, s, c, j->k, _mm512_reduce_max_ps(m));
   float r = peak > j->floor ? peak : j->floor;
   *row = r;
@@ -195,9 +200,9 @@ __attribute__((target("avx2"))) static void quantize_row_avx2(const QuantizeJob 
   for (; c + 8 <= j->k; c += 8)
     m = _mm256_max_ps(m, _mm256_andnot_ps(sign, _mm256_mul_ps(_mm256_loadu_ps(x + c),
                                                               _mm256_loadu_ps(s + c))));
-  float lanes[8];
+  float lanes[8], peak = 0.0f;
   _mm256_storeu_ps(lanes, m);
-  float peak = scaled_peak(lanes, (const float[8]){1, 1, 1, 1, 1, 1, 1, 1}, 0, 8, 0.0f);
+  for (int l = 0; l < 8; l++) peak = lanes[l] > peak ? lanes[l] : peak;
   peak = scaled_peak(x, s, c, j->k, peak);
   float r = peak > j->floor ? peak : j->floor;
   *row = r;
@@ -247,7 +252,6 @@ __attribute__((visibility("default"))) const char *ctxembed_kernels_form(void) {
 #endif
   return "scalar";
 }
-
 
 /* Runs fn over `rows` rows of `width` elements each: on this thread when the pass is small
  * (waking onnxruntime's intra-op threads costs more), else in parts on them. */

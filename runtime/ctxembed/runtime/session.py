@@ -148,7 +148,7 @@ class ModelSession:
         providers = [CUDA, CPU] if provider == "cuda" else [CPU]
         if provider == "cuda":
             _preload_cuda_libraries()
-        # ctxembed's fused int8 kernels run on the CPU provider only; a graph without their
+        # ctxembed's fused kernels run on the CPU provider only; a graph without their
         # functions never calls them, so registering costs nothing there.
         self.kernels = _kernels_library() if provider == "cpu" and config.fused_kernels else None
         self.session = self._create(_options(self.threads, config, self.kernels), providers)
@@ -269,19 +269,19 @@ def _preload_cuda_libraries() -> None:
 
 
 def _kernels_library() -> Path | None:
-    """ctxembed's fused int8 kernels (``ctxembed.kernels``), where the install built them and
-    this onnxruntime accepts them; else None, and the graphs run onnxruntime's own operators
-    (the same results: the kernels compute the functions' bodies bit for bit)."""
+    """ctxembed's fused kernels (``ctxembed.kernels``), where the install built them and this
+    onnxruntime accepts them; else None, and the graphs run the functions' bodies, onnxruntime's
+    own operators (the int8 chains' results bit for bit, the layer norms' to float rounding)."""
     from ctxembed.kernels import library
 
     path = library()
     if path is None:
-        log.info("fused int8 kernels not built (no C compiler at install): standard operators")
+        log.info("fused kernels not built (no C compiler at install): standard operators")
         return None
     try:  # a library this onnxruntime cannot load: say so once, at load, and go on without
         ort.SessionOptions().register_custom_ops_library(str(path))
     except Exception as exc:  # onnxruntime raises its own exception types
-        log.warning("fused int8 kernels not loaded (%s): running standard operators", exc)
+        log.warning("fused kernels not loaded (%s): running standard operators", exc)
         return None
     return path
 

@@ -56,12 +56,12 @@ class EngineSettings:
         metadata=flag("microseconds threads keep spinning after a run (0: stop at once)",
                       minimum=0),
     )  # fmt: skip
-    # The int8 `outlier` graph's quantizing chains as one kernel each (ctxembed.kernels, built
-    # at install where a C compiler exists): the same vectors bit for bit, fewer passes.
+    # Layer norms and the int8 `outlier` graph's per-row chains as one kernel each
+    # (ctxembed.kernels, built at install where a C compiler exists; docs/int8.md).
     fused_kernels: bool = field(
         default=True,
-        metadata=flag("run int8 graphs' per-row chains as ctxembed's fused CPU kernels (where"
-                      " built at install; same results)", kind="toggle"),
+        metadata=flag("run the graph's layer norms and int8 per-row chains as ctxembed's fused"
+                      " CPU kernels, where built at install", kind="toggle"),
     )  # fmt: skip
     # Single-threaded runs in flight at once when a call has several rows (see ModelSession);
     # None: the CPU budget. The library keeps one (less memory); the server uses None.
