@@ -236,6 +236,35 @@ def _ops_run(model: bytes, feed: dict[str, np.ndarray], kernels: bool) -> set[st
     return {e["args"]["op_name"] for e in events if e.get("cat") == "Node"}
 
 
+def test_sessions_registering_the_kernels_leave_running_ones_alone() -> None:
+    """Every session shares one set of ops: registering the library for a new session (a
+    second model loading) while another session computes changes none of its results."""
+    import threading
+
+    if library() is None:
+        pytest.skip("the kernels are not built here")
+    model = chain_model(96, 24, [0, 50])
+    x = activations((2, 40, 96), [0, 50])
+    feed = {"x": x, "skip": x}
+    running = session(model, kernels=True)
+    expected = running.run(None, feed)  # type: ignore[attr-defined]
+    stop = threading.Event()
+
+    def register() -> None:
+        while not stop.is_set():
+            session(model, kernels=True)
+
+    loader = threading.Thread(target=register)
+    loader.start()
+    try:
+        for _ in range(100):
+            got = running.run(None, feed)  # type: ignore[attr-defined]
+            assert all(np.array_equal(a, b) for a, b in zip(got, expected, strict=True))
+    finally:
+        stop.set()
+        loader.join()
+
+
 def test_an_input_of_the_wrong_size_fails_the_run_cleanly() -> None:
     """The kernels read an initializer only as far as its operand allows: a graph whose scale
     vector is the wrong length is refused with a message, not read past its end."""

@@ -59,7 +59,7 @@ def build(out_dir: Path = HERE, cc: str | None = None) -> Path:
     target = out_dir / library_name()
     fd, tmp = tempfile.mkstemp(prefix=".build-", suffix=target.suffix, dir=out_dir)
     os.close(fd)
-    command = [cc, *FLAGS, "-I", str(HERE / "include"), str(SOURCE), "-o", tmp, "-lm"]
+    command = [cc, *FLAGS, "-I", str(HERE / "include"), str(SOURCE), "-o", tmp, "-lm", "-pthread"]
     try:
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:

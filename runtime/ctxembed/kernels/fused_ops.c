@@ -19,6 +19,7 @@
  *     y = (v - m) / sd * gamma + beta
  */
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -611,22 +612,37 @@ static void fill(FusedOp *fused, enum kind kind, int extra, const char *name) {
 }
 
 static FusedOp ops[6];
+static OrtCustomOpDomain *domain;
+static pthread_once_t made = PTHREAD_ONCE_INIT;
 
-/* The entry point onnxruntime calls (SessionOptions.register_custom_ops_library). */
-__attribute__((visibility("default"))) OrtStatus *ORT_API_CALL
-RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *base) {
-  ort = base->GetApi(ORT_API_VERSION);
-  if (!ort) return NULL;  /* an onnxruntime older than these headers: leave the session as is */
-  choose_kernels();
+/* The ops and their domain, once per process: every session shares them (onnxruntime needs the
+ * domain to outlive its sessions), and a session that registers later must not rewrite ops that
+ * another is running. */
+static void make_domain(void) {
   fill(&ops[0], ROW_QUANTIZE, 0, "RowQuantize");
   fill(&ops[1], ROW_QUANTIZE, 1, "RowQuantizeOutliers");
   fill(&ops[2], ROW_DEQUANTIZE, 0, "RowDequantize");
   fill(&ops[3], ROW_DEQUANTIZE, 1, "RowDequantizeAdd");
   fill(&ops[4], SKIP_LAYER_NORM, 0, "SkipLayerNorm");
   fill(&ops[5], SKIP_LAYER_NORM, 1, "SkipLayerNormBias");
-  OrtCustomOpDomain *domain;
-  TRY(ort->CreateCustomOpDomain("ctxembed", &domain));
-  for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++)
-    TRY(ort->CustomOpDomain_Add(domain, &ops[i].op));
+  OrtCustomOpDomain *made_domain;
+  OrtStatus *status = ort->CreateCustomOpDomain("ctxembed", &made_domain);
+  for (size_t i = 0; !status && i < sizeof ops / sizeof ops[0]; i++)
+    status = ort->CustomOpDomain_Add(made_domain, &ops[i].op);
+  if (status) {
+    ort->ReleaseStatus(status);
+    return; /* domain stays NULL: RegisterCustomOps reports it */
+  }
+  domain = made_domain;
+}
+
+/* The entry point onnxruntime calls (SessionOptions.register_custom_ops_library). */
+__attribute__((visibility("default"))) OrtStatus *ORT_API_CALL
+RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *base) {
+  ort = base->GetApi(ORT_API_VERSION);
+  if (!ort) return NULL;  /* an onnxruntime older than these headers: leave the session as is */
+  choose_kernels();       /* the same forms each time, unless a test pins another */
+  pthread_once(&made, make_domain);
+  if (!domain) return ort->CreateStatus(ORT_FAIL, "ctxembed kernels: cannot make their domain");
   return ort->AddCustomOpDomain(options, domain);
 }
