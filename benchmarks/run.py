@@ -110,7 +110,8 @@ def _wrap_chains(exported: Path) -> None:
     from ctxembed.export.fused_chains import rewrite_folder
     from ctxembed.runtime.manifest import load_manifest
 
-    if any("fused_chains" not in v.optimization for v in load_manifest(exported).variants):
+    variants = load_manifest(exported).variants
+    if any(v.target == "cpu" and "fused_chains" not in v.optimization for v in variants):
         print(f"  wrapping {exported.name}'s chains for the fused kernels", flush=True)
         rewrite_folder(exported)
 

@@ -294,7 +294,7 @@ def rewrite_folder(model_dir: Path) -> dict[str, Any]:
     done: dict[str, Any] = {}
     variants = []
     for variant in manifest.variants:
-        if "fused_chains" not in variant.optimization:
+        if variant.target == "cpu" and "fused_chains" not in variant.optimization:
             fd, name = tempfile.mkstemp(prefix=".fused-", suffix=".onnx", dir=model_dir)
             os.close(fd)
             copy = Path(name)
