@@ -343,6 +343,7 @@ def test_a_folder_exported_before_the_kernels_is_wrapped_in_place(
         p.name for p in outlier_export.iterdir()
     )
     assert rewrite_folder(folder) == {}  # wrapped already: nothing to do
+    assert main([str(tmp_path / "missing")]) == 1  # one line, no traceback
     new = WordEmbedder.load(folder, "cpu").embed(TEXTS)
     for a, b in zip(new, WordEmbedder.load(outlier_export, "cpu").embed(TEXTS), strict=True):
         assert np.array_equal(a.vectors, b.vectors)  # the same graph as the export's

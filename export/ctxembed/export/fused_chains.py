@@ -316,10 +316,16 @@ def rewrite_folder(model_dir: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Wrap an exported int8 graph's chains.")
+    from ctxembed.runtime.errors import CtxembedError
+
+    parser = argparse.ArgumentParser(description="Wrap an exported folder's chains.")
     parser.add_argument("model_dir", type=Path)
     args = parser.parse_args(argv)
-    facts = rewrite_folder(args.model_dir)
+    try:
+        facts = rewrite_folder(args.model_dir)
+    except CtxembedError as exc:  # no folder, no manifest, a corrupt one: one line
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(facts) if facts else f"{args.model_dir}: nothing to wrap")
     return 0
 

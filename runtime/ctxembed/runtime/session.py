@@ -268,6 +268,7 @@ def _preload_cuda_libraries() -> None:
         log.debug("onnxruntime.preload_dlls: %s", exc)
 
 
+@functools.cache  # once per process: the library and onnxruntime do not change
 def _kernels_library() -> Path | None:
     """ctxembed's fused kernels (``ctxembed.kernels``), where the install built them and this
     onnxruntime accepts them; else None, and the graphs run the functions' bodies, onnxruntime's
