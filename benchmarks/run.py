@@ -100,20 +100,23 @@ def mpnet_base() -> Model:
         export_model(
             ExportOptions(model=str(source), out=exported, force=True, selection_texts=selection)
         )
-    _wrap_chains(exported)
+    _upgrade(exported)
     return Model("all-mpnet-base-v2", exported, source, accuracy_claimed=True)
 
 
-def _wrap_chains(exported: Path) -> None:
-    """An export from before the fused kernels gets its chains wrapped in place, as the export
-    does now (the same graphs and numbers otherwise: no re-export needed)."""
-    from ctxembed.export.fused_chains import rewrite_folder
+def _upgrade(exported: Path) -> None:
+    """An export from before the fused kernels or the attention fusion gets its graphs
+    upgraded in place, as the export writes them now (the same numbers: no re-export)."""
+    from ctxembed.export.upgrade import upgrade_folder
     from ctxembed.runtime.manifest import load_manifest
 
     variants = load_manifest(exported).variants
-    if any(v.target == "cpu" and "fused_chains" not in v.optimization for v in variants):
-        print(f"  wrapping {exported.name}'s chains for the fused kernels", flush=True)
-        rewrite_folder(exported)
+    if any(
+        v.target == "cpu" and not {"fused_chains", "fused_attention"} <= v.optimization.keys()
+        for v in variants
+    ):
+        print(f"  upgrading {exported.name}'s graphs (ctxembed.export.upgrade)", flush=True)
+        upgrade_folder(exported)
 
 
 def _has_scheme(exported: Path) -> bool:
@@ -255,7 +258,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "matmul_peak": matmul_gflops() | {"memory_gbps": memory_gbps()},
         "models": {},
     }
-    _wrap_chains(args.model_dir)
+    _upgrade(args.model_dir)
     models = [Model("all-MiniLM-L6-v2", args.model_dir, embedded_model_dir(), True)]
     if not args.skip_base:
         print("preparing all-mpnet-base-v2 (fetched and exported once, cached) ...", flush=True)

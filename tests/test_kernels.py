@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctxembed.export.fused_chains import DOMAIN, functions, rewrite_folder
+from ctxembed.export.fused_chains import DOMAIN, functions
+from ctxembed.export.upgrade import upgrade_folder
 from ctxembed.kernels import OPS, library
 from ctxembed.kernels.build import BuildError, build, compiler
 from ctxembed.runtime import TextInput, WordEmbedder, WordEmbeddings
@@ -310,13 +311,13 @@ def test_the_export_wraps_its_chains_and_runs_the_kernels(
 def test_a_folder_exported_before_the_kernels_is_wrapped_in_place(
     outlier_export: Path, tmp_path: Path
 ) -> None:
-    """`python -m ctxembed.export.fused_chains DIR` gives an older `outlier` folder the
-    functions: same vectors, the manifest's checksum and facts updated, nothing left beside."""
+    """`python -m ctxembed.export.upgrade DIR` gives an older `outlier` folder the functions:
+    same vectors, the manifest's checksum and facts updated, nothing left beside."""
     import onnx
     from onnx import inliner
 
-    from ctxembed.export.fused_chains import main
     from ctxembed.export.pipeline import file_sha256
+    from ctxembed.export.upgrade import main
 
     folder = tmp_path / "old"
     shutil.copytree(outlier_export, folder)
@@ -342,7 +343,7 @@ def test_a_folder_exported_before_the_kernels_is_wrapped_in_place(
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         p.name for p in outlier_export.iterdir()
     )
-    assert rewrite_folder(folder) == {}  # wrapped already: nothing to do
+    assert upgrade_folder(folder) == {}  # wrapped already: nothing to do
     assert main([str(tmp_path / "missing")]) == 1  # one line, no traceback
     new = WordEmbedder.load(folder, "cpu").embed(TEXTS)
     for a, b in zip(new, WordEmbedder.load(outlier_export, "cpu").embed(TEXTS), strict=True):

@@ -18,17 +18,11 @@ bit, the layer norms to float rounding (tests/test_kernels.py). On all-mpnet-bas
 graph: 47 products and 25 layer norms, 1,206 nodes -> 813. The export wraps every CPU variant
 after building it (``wrapped_variant``).
 
-    python -m ctxembed.export.fused_chains MODEL_DIR   # wrap a folder exported before
+A folder exported before: ``python -m ctxembed.export.upgrade MODEL_DIR``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import shutil
-import sys
-import tempfile
 from collections import defaultdict
 from dataclasses import replace
 from pathlib import Path
@@ -283,52 +277,3 @@ def wrapped_variant(folder: Path, variant: Variant, graph: Path | None = None) -
         size_bytes=path.stat().st_size,
         optimization=variant.optimization | facts,
     )
-
-
-def rewrite_folder(model_dir: Path) -> dict[str, Any]:
-    """Wrap the CPU graphs of a folder exported before, in place: each graph is wrapped in a
-    copy beside it and renamed into place, then the manifest. Returns the facts by variant."""
-    from ctxembed.runtime.manifest import MANIFEST_NAME, load_manifest
-
-    manifest = load_manifest(model_dir)
-    done: dict[str, Any] = {}
-    variants = []
-    for variant in manifest.variants:
-        if variant.target == "cpu" and "fused_chains" not in variant.optimization:
-            fd, name = tempfile.mkstemp(prefix=".fused-", suffix=".onnx", dir=model_dir)
-            os.close(fd)
-            copy = Path(name)
-            try:
-                shutil.copyfile(model_dir / variant.file, copy)
-                wrapped = wrapped_variant(model_dir, variant, copy)
-                if wrapped is not variant:
-                    os.replace(copy, model_dir / variant.file)
-                    done[variant.name] = wrapped.optimization["fused_chains"]
-                    variant = wrapped
-            finally:
-                copy.unlink(missing_ok=True)
-        variants.append(variant)
-    if done:
-        written = model_dir / f".{MANIFEST_NAME}.new"
-        written.write_text(replace(manifest, variants=variants).to_json(), encoding="utf-8")
-        os.replace(written, model_dir / MANIFEST_NAME)
-    return done
-
-
-def main(argv: list[str] | None = None) -> int:
-    from ctxembed.runtime.errors import CtxembedError
-
-    parser = argparse.ArgumentParser(description="Wrap an exported folder's chains.")
-    parser.add_argument("model_dir", type=Path)
-    args = parser.parse_args(argv)
-    try:
-        facts = rewrite_folder(args.model_dir)
-    except CtxembedError as exc:  # no folder, no manifest, a corrupt one: one line
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(facts) if facts else f"{args.model_dir}: nothing to wrap")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

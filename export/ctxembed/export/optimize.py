@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from ctxembed.export.attention_fusion import fuse_checked
 from ctxembed.export.merge_matmuls import merge_shared_input_matmuls
 
 # "auto" picks the preset from this CPU's flags (detect_cpu_preset).
@@ -22,10 +23,15 @@ class Fused:
     path: Path
     fusions: dict[str, int]  # fused operator → count, for the manifest
     merged_matmuls: int  # groups of MatMuls reading one input, merged (merge_matmuls.py)
+    fused_attention: int  # attentions ORT left unfused, made MultiHeadAttention here
 
     def optimization(self) -> dict[str, Any]:
         """The manifest's ``optimization`` entry of a variant built from this graph."""
-        return {"fusions": self.fusions, "merged_matmuls": self.merged_matmuls}
+        return {
+            "fusions": self.fusions,
+            "merged_matmuls": self.merged_matmuls,
+            "fused_attention": self.fused_attention,
+        }
 
 
 def _heads_and_hidden(config: Any) -> tuple[int, int]:
@@ -66,15 +72,17 @@ def _bert_optimizer(model: Path, config: Any, use_gpu: bool) -> Any:
 
 def fuse(model: Path, out: Path, config: Any, use_gpu: bool) -> Fused:
     """Attention, SkipLayerNormalization, BiasGelu... fusions, then the MatMuls that share an
-    input (an unfused attention's q, k, v) merged into one; counts what was fused."""
+    input (an unfused attention's q, k, v) merged into one, then the attentions ORT left
+    unfused (a position bias: MPNet) as MultiHeadAttention; counts what was fused."""
     optimized = _bert_optimizer(model, config, use_gpu)
     merged = merge_shared_input_matmuls(optimized.model)
+    attention = fuse_checked(optimized.model, _heads_and_hidden(config)[0])
     optimized.save_model_to_file(str(out))
     counts: dict[str, int] = {}
     for node in optimized.model.graph.node:
         if node.op_type in FUSED_OPS:
             counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return Fused(out, counts, merged)
+    return Fused(out, counts, merged, attention)
 
 
 def to_fp16(model: Path, out: Path, config: Any) -> None:

@@ -30,6 +30,7 @@ from typing import Any, Literal, get_args
 from ctxembed.export.calibrate import calibration_feeds
 from ctxembed.export.errors import ExportError
 from ctxembed.export.fallback import choose_fallback
+from ctxembed.export.fused_chains import wrapped_variant
 from ctxembed.export.int8_schemes import (
     AUTO_ORDER,
     FALLBACK_SCHEMES,
@@ -283,8 +284,6 @@ def _build(
     else:
         steps.done += 1
     # Chains of small operators as functions ctxembed's kernels run (the same numbers)
-    from ctxembed.export.fused_chains import wrapped_variant  # not at import: it is `-m` run
-
     variants = [wrapped_variant(tmp, v) for v in variants]
     with steps.step(f"Validating {len(variants)} variant(s) against PyTorch"):
         variants = _validate(opts, variants, tmp, references())
