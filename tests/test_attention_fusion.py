@@ -105,7 +105,9 @@ def test_an_older_folder_is_upgraded_in_place(
     folder = tmp_path / "old"
     shutil.copytree(before, folder)
     was = {v: _vectors(folder, v) for v in ("fp32", "int8")}
+    modes = {p.name: p.stat().st_mode for p in folder.iterdir()}
     assert main([str(folder)]) == 0
+    assert {p.name: p.stat().st_mode for p in folder.iterdir()} == modes  # still readable
     layers = load_manifest(folder).num_layers
     assert json.loads(capsys.readouterr().out)["int8"]["fused_attention"] == layers
     for variant in load_manifest(folder).variants:

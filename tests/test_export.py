@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,10 @@ def test_local_folder_export_and_force(
     assert "[6/6] Validating" in printed and str(out) in printed
     manifest = load_manifest(out)
     assert manifest.hidden_size == 64 and manifest.num_layers == 2
+    mask = os.umask(0)
+    os.umask(mask)
+    assert out.stat().st_mode & 0o777 == 0o777 & ~mask  # not mkdtemp's owner-only folder
+    assert all(f.stat().st_mode & 0o666 == 0o666 & ~mask for f in out.iterdir())
     assert manifest.max_tokens == 128
     quantization = manifest.variant("int8").quantization or {}
     assert quantization["selection"] == {

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -32,6 +33,12 @@ def _form_runs_here(form: str) -> bool:
     return form == "scalar" or {"avx2": "avx2", "avx512": "avx512f"}[form] in cpu_flags()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def test_the_install_built_the_library() -> None:
     """`pip install` (hatch_build.py) compiles the kernels where a compiler exists."""
     if compiler() is None:
@@ -44,6 +51,7 @@ def test_build_writes_the_library_and_names_a_missing_compiler(tmp_path: Path) -
         pytest.skip("no C compiler on this machine")
     built = build(tmp_path)
     assert built.is_file() and not list(tmp_path.glob(".build-*"))  # renamed into place
+    assert built.stat().st_mode & 0o777 == 0o755 & ~_umask()  # others may load it
     with pytest.raises(BuildError, match="failed"):
         build(tmp_path / "other", cc="/bin/false")
 

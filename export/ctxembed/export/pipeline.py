@@ -220,12 +220,20 @@ def export_model(opts: ExportOptions) -> ExportResult:
         out = _check_output(opts.models_root / source.name, opts.force)
     _refuse_own_source(out, source)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    # mkdtemp makes it owner-only: the folder is served, often by another user (a container's)
+    os.chmod(tmp, 0o777 & ~_umask())
     try:
         manifest = _build(opts, source, out.name, tmp, steps)
         _swap_into_place(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return ExportResult(out, manifest, steps.elapsed)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:

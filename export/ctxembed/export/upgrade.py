@@ -77,6 +77,7 @@ def upgrade_folder(model_dir: Path) -> dict[str, Any]:
         copy = Path(name)
         try:
             shutil.copyfile(model_dir / variant.file, copy)
+            shutil.copymode(model_dir / variant.file, copy)  # not mkstemp's owner-only mode
             facts = _upgrade_graph(copy, variant, heads)
             if facts:
                 os.replace(copy, model_dir / variant.file)

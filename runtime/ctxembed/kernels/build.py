@@ -64,6 +64,9 @@ def build(out_dir: Path = HERE, cc: str | None = None) -> Path:
         done = subprocess.run(command, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise BuildError(f"{' '.join(command)} failed:\n{done.stderr.strip()}")
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o755 & ~mask)  # as the linker makes it, not mkstemp's owner-only mode
         os.replace(tmp, target)
     finally:
         Path(tmp).unlink(missing_ok=True)
