@@ -175,10 +175,13 @@ def run_model(model: str, rounds: int, reps: int, corpus_texts: int) -> dict[str
 
 
 def default_label(row: dict[str, Any]) -> str:
-    """The shipped default's row name: its scheme, and its fp32 fallback nodes if any."""
+    """The shipped default's row name: its scheme, and its fallback nodes if any."""
     q = row.get("quantization") or {}
-    fallback = len(q.get("fp32_fallback") or ())
-    return f"default: {q.get('scheme', '?')}" + (f" + {fallback} fp32" if fallback else "")
+    label = f"default: {q.get('scheme', '?')}"
+    for form in ("blockwise", "fp32"):
+        if q.get(f"{form}_fallback"):
+            label += f" + {len(q[f'{form}_fallback'])} {form}"
+    return label
 
 
 def int8_over_fp32(schemes: dict[str, Any]) -> str:

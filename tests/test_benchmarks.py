@@ -421,6 +421,8 @@ def test_int8_report_names_the_shipped_default_and_its_ratio_to_fp32() -> None:
         "default: outlier + 1 fp32: int8 ÷ fp32 bank p50 **2.50×**, corpus texts/s **2.00×**"
         in text
     )
+    schemes["default"]["quantization"] = {"scheme": "outlier", "blockwise_fallback": ["/l4"]}
+    assert "| default: outlier + 1 blockwise | 0.9990 |" in int8_markdown(result)
 
 
 @pytest.mark.slow

@@ -108,3 +108,86 @@ def test_auto_searches_a_fallback_when_only_the_worst_words_fail(
     probes = [ln for ln in printed.out.splitlines() if "in fp32: shortfall" in ln]
     assert len(probes) == 2 and all("/output/dense/MatMul" in ln for ln in probes)
     assert "int8 schemes tried:" in printed.err and "outlier" in printed.err
+
+
+def test_a_blockwise_fallback_node_becomes_matmul_nbits(
+    outlier_export: Path, tmp_path: Path
+) -> None:
+    """The faster form: the same node as MatMulNBits (8-bit weights, per-block activations),
+    with the facts the runtime checks (min_onnxruntime), and outputs near the fp32 form's."""
+    import onnx
+    import onnxruntime as ort
+
+    from ctxembed.export.calibrate import calibration_feeds
+
+    manifest = load_manifest(outlier_export)
+    feeds = calibration_feeds(
+        outlier_export / "tokenizer.json", manifest.graph_inputs, manifest.max_tokens
+    )
+    fused = outlier_export / "model.onnx"
+    down = ffn_down_projections(onnx.load(str(fused)))
+    outs = {}
+    for form in ("blockwise", "fp32"):
+        out = tmp_path / f"{form}.onnx"
+        facts = build_int8(
+            fused, out, "outlier", "avx2", True, feeds, fp32_nodes=down[:1], fallback=form
+        )
+        assert facts[f"{form}_fallback"] == down[:1]
+        kept = [n.op_type for n in onnx.load(str(out)).graph.node if n.name.startswith(down[0])]
+        assert ("MatMulNBits" in kept) == (form == "blockwise")
+        outs[form] = ort.InferenceSession(str(out)).run(None, feeds[0])[0]
+    assert facts.get("min_onnxruntime") is None  # the fp32 form needs no newer onnxruntime
+    blockwise = build_int8(
+        fused, tmp_path / "b.onnx", "outlier", "avx2", True, feeds, fp32_nodes=down[:1],
+        fallback="blockwise",
+    )  # fmt: skip
+    assert blockwise["min_onnxruntime"] and blockwise["blockwise_nodes"] == down[:1]
+    a, b = outs["blockwise"].reshape(-1, outs["fp32"].shape[-1]), outs["fp32"].reshape(-1, 64)
+    cos = (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+    assert cos.min() > 0.99
+
+
+@pytest.mark.parametrize("passing", ["blockwise", "fp32"])
+def test_auto_keeps_the_fallback_blockwise_when_that_passes(
+    tiny_source: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, passing: str
+) -> None:
+    """The chosen nodes are built block-wise first and in fp32 only if that fails. The
+    figures are made to fail every int8 graph but the outlier scheme with ``passing``."""
+    from ctxembed.export import pipeline
+    from ctxembed.export.fallback import Fallback
+
+    builds: list[tuple[str, str]] = []
+    from ctxembed.export.int8_schemes import build_int8 as real_build
+    from ctxembed.export.validate import compare_variant as real_compare
+
+    def build(*args: Any) -> dict[str, Any]:
+        scheme, nodes, form = args[2], args[7] if len(args) > 7 else (), args[8:9] or ("",)
+        builds.append((scheme, form[0] if nodes else ""))
+        return real_build(*args)  # type: ignore[no-any-return]
+
+    def compare(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        figures = real_compare(*args, **kwargs)
+        figures["passed"] = builds[-1] == ("outlier", passing)
+        return figures
+
+    def search(_build: Any, candidates: Sequence[str], *_: Any) -> Fallback:
+        return Fallback([candidates[0]], {}, 0.9, 0.99)
+
+    monkeypatch.setattr(pipeline, "build_int8", build)
+    monkeypatch.setattr(pipeline, "compare_variant", compare)
+    monkeypatch.setattr(pipeline, "choose_fallback", search)
+    out = tmp_path / "auto"
+    args = ["export", "--model", str(tiny_source), "--out", str(out), "--int8-word-mean", "0"]
+    assert main(args) == 0
+    expected = [
+        ("smooth", ""),
+        ("smooth-blockwise-ffn", ""),
+        ("outlier", ""),
+        ("outlier", "blockwise"),
+    ]
+    assert builds == expected + ([("outlier", "fp32")] if passing == "fp32" else [])
+    quantization = load_manifest(out).variant("int8").quantization or {}
+    assert quantization["scheme"] == "outlier" and quantization[f"{passing}_fallback"]
+    other = "fp32" if passing == "blockwise" else "blockwise"
+    assert f"{other}_fallback" not in quantization
+    assert f"outlier + 1 {passing}" in quantization["auto"]["tried"]

@@ -12,7 +12,10 @@ built and scored by its shortfall, the sum over those texts of how far each one'
 stays below the threshold (the worst word alone cannot tell apart two nodes that leave the same
 text worst but fix different others); candidates are then added best first until those texts
 pass, at most ``MAX_NODES``. The whole selection set then decides, as for any scheme, and
-the manifest records the nodes and every probe's figure.
+the manifest records the nodes and every probe's figure. The search scores the nodes in fp32;
+the export then tries them block-wise first (``int8_schemes.FallbackForm``: MatMulNBits with
+per-block activation scales, most of fp32's accuracy at int8's memory traffic) and keeps fp32
+only where that fails: ``blockwise_fallback`` or ``fp32_fallback`` in the manifest.
 """
 
 from __future__ import annotations

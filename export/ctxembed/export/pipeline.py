@@ -33,8 +33,10 @@ from ctxembed.export.fallback import choose_fallback
 from ctxembed.export.fused_chains import wrapped_variant
 from ctxembed.export.int8_schemes import (
     AUTO_ORDER,
+    FALLBACK_FORMS,
     FALLBACK_SCHEMES,
     INT8_SCHEMES,
+    FallbackForm,
     Int8Scheme,
     build_int8,
     ffn_down_projections,
@@ -382,9 +384,19 @@ def _int8_by_scheme(
     thresholds = opts.thresholds.get("int8", Thresholds())
     tried: dict[str, dict[str, float]] = {}
 
-    def build(scheme: Int8Scheme, fp32_nodes: Sequence[str] = ()) -> dict[str, Any]:
+    def build(
+        scheme: Int8Scheme, fp32_nodes: Sequence[str] = (), form: FallbackForm = "fp32"
+    ) -> dict[str, Any]:
         return build_int8(
-            fused, out, scheme, preset, opts.per_channel, feeds, opts.int8_embeddings, fp32_nodes
+            fused,
+            out,
+            scheme,
+            preset,
+            opts.per_channel,
+            feeds,
+            opts.int8_embeddings,
+            fp32_nodes,
+            form,
         )
 
     def session() -> Any:
@@ -397,7 +409,7 @@ def _int8_by_scheme(
         tried[scheme] = {k: figures[k] for k in ("word_cosine_mean", "word_cosine_min")}
         if _only_words_fail(figures) and scheme in FALLBACK_SCHEMES:
             # A scheme that holds the mean but breaks a few words: the MatMuls that break
-            # them stay in fp32, chosen by measured harm (fallback.py).
+            # them leave its int8, chosen by measured harm in fp32 (fallback.py).
             def probe(nodes: Sequence[str], scheme: Int8Scheme = scheme) -> Any:
                 build(scheme, nodes)
                 return session()
@@ -412,12 +424,15 @@ def _int8_by_scheme(
                 thresholds.word_min,
                 lambda line: print(f"        {line}", flush=True),
             )
-            if fallback.nodes:
-                quant = build(scheme, fallback.nodes) | {"fallback_search": fallback.facts()}
+            # The chosen nodes block-wise if that passes (faster), else in fp32.
+            for form in FALLBACK_FORMS if fallback.nodes else ():
+                quant = build(scheme, fallback.nodes, form) | {"fallback_search": fallback.facts()}
                 figures = compare_variant(session(), references(), thresholds)
-                label = f"{scheme} + {len(fallback.nodes)} fp32"
+                label = f"{scheme} + {len(fallback.nodes)} {form}"
                 _report(label, figures)
                 tried[label] = {k: figures[k] for k in ("word_cosine_mean", "word_cosine_min")}
+                if figures["passed"]:
+                    break
         if figures["passed"]:
             break
     # When none passes, the last (most accurate) stays and validation reports it.
