@@ -12,9 +12,9 @@ the largest outliers. The schemes, fastest first:
 - ``smooth-blockwise-ffn``: the FFN down-projections block-wise, the rest as ``smooth``.
 - ``outlier``: outlier channels in fp32 and every row on its own scale (``outliers.py``), the
   rest per-tensor int8; a fused ``Attention``'s input smoothed. Where only a few words fail,
-  ``auto`` keeps the FFN down-projections that break them in fp32, chosen by measured harm
-  (``fallback.py``): on all-mpnet-base-v2 one of them, 2.5-2.8x (bank) and 2.0-2.1x (corpus
-  batches) fp32 with q, k, v merged (docs/int8.md). On MiniLM it is slower than
+  ``auto`` takes the FFN down-projections that break them out of it, chosen by measured harm
+  (``fallback.py``), block-wise where that passes, else fp32: on all-mpnet-base-v2 one of them,
+  block-wise (docs/int8.md). On MiniLM it is slower than
   ``smooth-blockwise-ffn`` at the bank sentence (1.17 vs 1.04 ms), so it comes after it.
 - ``blockwise``: every weight MatMul block-wise; a fused ``Attention`` stays per-tensor
   (calibrated).
