@@ -69,12 +69,15 @@ def fp32_export(model: str, source: Path) -> Path:
 
 
 def _made_today(fp32: Path) -> bool:
-    """The cached fp32 export is what an export makes now (merged MatMuls recorded)."""
+    """The cached fp32 export is what an export makes now (merged MatMuls and the attention
+    fusion recorded)."""
     from ctxembed.runtime.manifest import load_manifest
 
     if not (fp32 / "manifest.json").is_file():
         return False
-    return "merged_matmuls" in load_manifest(fp32).variant("fp32").optimization
+    return {"merged_matmuls", "fused_attention"} <= load_manifest(fp32).variant(
+        "fp32"
+    ).optimization.keys()
 
 
 def scheme_folder(fp32: Path, scheme: str) -> Path:
