@@ -12,8 +12,8 @@ layer that adds the same terms.
 Same arithmetic up to float rounding: the scale multiplies the scores as before (MPNet's 1/8 is
 exact), and ``scores + (position_bias + mask)`` equals ``(scores + position_bias) + mask``
 exactly wherever the mask is 0; masked keys get a bias near float's lowest either way. Only the
-exact pattern below is touched, and ``pipeline.py`` keeps the fused graph only when it runs and
-matches the unfused one on a padded batch.
+exact pattern below is touched, and ``fuse_checked`` (what the export calls) keeps the fused
+graph only when it runs and matches the unfused one on a padded batch.
 """
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ def fuse_attention(model: Any, heads: int) -> int:
     if not layers:
         return 0
     graph = model.graph
-    dropped = {id(node) for layer in layers for node in layer.nodes}
+    dropped = {node.output[0] for layer in layers for node in layer.nodes}  # outputs: unique
     sums: dict[tuple[str, ...], str] = {}  # bias terms -> their summed tensor, made once
     added: dict[str, list[Any]] = defaultdict(list)  # a layer's output -> the nodes that make it
     for n, layer in enumerate(layers):
@@ -223,7 +223,7 @@ def fuse_attention(model: Any, heads: int) -> int:
         added[layer.output] = new
     kept: list[Any] = []
     for node in graph.node:
-        if id(node) not in dropped:
+        if node.output[0] not in dropped:
             kept.append(node)
         for out in node.output:  # the fused nodes go where each layer's last node was
             kept.extend(added.pop(out, []))
