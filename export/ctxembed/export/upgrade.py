@@ -7,8 +7,8 @@ ONNX Runtime left unfused become ``MultiHeadAttention`` (``attention_fusion.py``
 running; every variant but fp16, whose graph was built apart), then the CPU variants' chains
 become the functions ctxembed's kernels run (``fused_chains.py``). What a variant's manifest
 entry says was done is not done again. Each graph is rewritten in a copy beside it and renamed
-into place, then the manifest, so a failure leaves the folder as it was or upgraded, never
-half-written.
+into place whole, and the manifest last: a failure part-way leaves every graph either as it was
+or upgraded, each one loadable (the manifest's checksums are for the record, not checked at load).
 """
 
 from __future__ import annotations
@@ -36,6 +36,13 @@ def _heads(model_dir: Path) -> int:
         return 0
     heads = config.get("num_attention_heads") or config.get("n_heads") or 0
     return heads if isinstance(heads, int) else 0
+
+
+def _pending(variant: Variant) -> bool:
+    """Whether a rewrite has not been applied to ``variant`` yet (its manifest entry says)."""
+    attention = variant.precision != "fp16" and "fused_attention" not in variant.optimization
+    chains = variant.target == "cpu" and "fused_chains" not in variant.optimization
+    return attention or chains
 
 
 def _upgrade_graph(path: Path, variant: Variant, heads: int) -> dict[str, Any]:
@@ -72,6 +79,9 @@ def upgrade_folder(model_dir: Path) -> dict[str, Any]:
     done: dict[str, Any] = {}
     variants = []
     for variant in manifest.variants:
+        if not _pending(variant):
+            variants.append(variant)
+            continue
         fd, name = tempfile.mkstemp(prefix=".upgrade-", suffix=".onnx", dir=model_dir)
         os.close(fd)
         copy = Path(name)
