@@ -247,19 +247,26 @@ def wrap_chains(model: Any) -> dict[str, int]:
     return counts
 
 
-def wrap_file(src: Path, dst: Path) -> dict[str, Any]:
-    """``wrap_chains`` on the file ``src``, written to ``dst`` when it wrapped any; the
-    manifest's optimization facts ({} when there was nothing to wrap)."""
-    import onnx
-
-    model = onnx.load(str(src))
+def wrap_model(model: Any) -> dict[str, Any]:
+    """``wrap_chains`` on ``model`` (changed in place); the manifest's optimization facts ({}
+    when there was nothing to wrap)."""
     before = len(model.graph.node)
     counts = wrap_chains(model)
     if not counts:
         return {}
-    onnx.save(model, str(dst))
     nodes = [before, len(model.graph.node)]
     return {"fused_chains": {"domain": DOMAIN, **counts, "nodes": nodes}}
+
+
+def wrap_file(src: Path, dst: Path) -> dict[str, Any]:
+    """``wrap_model`` on the file ``src``, written to ``dst`` when it wrapped any."""
+    import onnx
+
+    model = onnx.load(str(src))
+    facts = wrap_model(model)
+    if facts:
+        onnx.save(model, str(dst))
+    return facts
 
 
 def wrapped_variant(folder: Path, variant: Variant, graph: Path | None = None) -> Variant:

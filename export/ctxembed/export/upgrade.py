@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ctxembed.export.attention_fusion import fuse_checked
-from ctxembed.export.fused_chains import DOMAIN, wrap_chains
+from ctxembed.export.fused_chains import wrap_model
 from ctxembed.runtime.manifest import MANIFEST_NAME, Variant, load_manifest
 
 
@@ -38,11 +38,14 @@ def _heads(model_dir: Path) -> int:
     return heads if isinstance(heads, int) else 0
 
 
-def _pending(variant: Variant) -> bool:
-    """Whether a rewrite has not been applied to ``variant`` yet (its manifest entry says)."""
-    attention = variant.precision != "fp16" and "fused_attention" not in variant.optimization
-    chains = variant.target == "cpu" and "fused_chains" not in variant.optimization
-    return attention or chains
+def _needs_attention(variant: Variant) -> bool:
+    """Not fused yet, by its manifest entry (fp16 graphs are built apart: left as they are)."""
+    return variant.precision != "fp16" and "fused_attention" not in variant.optimization
+
+
+def _needs_chains(variant: Variant) -> bool:
+    """Chains not wrapped yet, by its manifest entry (the kernels run on the CPU only)."""
+    return variant.target == "cpu" and "fused_chains" not in variant.optimization
 
 
 def _upgrade_graph(path: Path, variant: Variant, heads: int) -> dict[str, Any]:
@@ -52,18 +55,14 @@ def _upgrade_graph(path: Path, variant: Variant, heads: int) -> dict[str, Any]:
     facts: dict[str, Any] = {}
     model = onnx.load(str(path))
     before = len(model.graph.node)
-    if variant.precision != "fp16" and "fused_attention" not in variant.optimization:
+    if _needs_attention(variant):
         facts["fused_attention"] = fuse_checked(model, heads)
         if facts["fused_attention"]:
             fusions = dict(variant.optimization.get("fusions", {}))
             fusions["MultiHeadAttention"] = facts["fused_attention"]
             facts["fusions"] = fusions
-    if variant.target == "cpu" and "fused_chains" not in variant.optimization:
-        after_attention = len(model.graph.node)
-        counts = wrap_chains(model)
-        if counts:
-            nodes = [after_attention, len(model.graph.node)]
-            facts["fused_chains"] = {"domain": DOMAIN, **counts, "nodes": nodes}
+    if _needs_chains(variant):
+        facts |= wrap_model(model)
     if len(model.graph.node) != before:
         onnx.save(model, str(path))
     return facts
@@ -79,7 +78,7 @@ def upgrade_folder(model_dir: Path) -> dict[str, Any]:
     done: dict[str, Any] = {}
     variants = []
     for variant in manifest.variants:
-        if not _pending(variant):
+        if not (_needs_attention(variant) or _needs_chains(variant)):
             variants.append(variant)
             continue
         fd, name = tempfile.mkstemp(prefix=".upgrade-", suffix=".onnx", dir=model_dir)
