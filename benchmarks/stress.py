@@ -12,7 +12,7 @@ on loopback with the real model, and prints what it counted.
 3. Overload with a small queue: only OK and RESOURCE_EXHAUSTED; SERVING after.
 4. 1 ms deadlines and calls cancelled right after sending: how many the server skipped or
    stopped; results unchanged after.
-5. Structure-aware fuzzing (benchmarks/fuzz.py): never INTERNAL or UNKNOWN.
+5. Structure-aware fuzzing (testkit/fuzz.py): never INTERNAL or UNKNOWN.
 6. Soak: saturation, RSS sampled; growth after warm-up, and the peak against the edge budget
    (200 MiB for the default model; ``--soak-args`` runs it in another serving profile).
 7. Flood: while heavy calls keep every batch slot busy, 64 clients send large requests with

@@ -34,7 +34,7 @@ spans = st.builds(pb.CharSpan, start=UINT32, end=UINT32)
 
 @st.composite
 def text_inputs(draw: Any) -> pb.TextInput:
-    # Mostly plain inputs, so that valid requests (and the engine behind them) get exercised.
+    # Any field may be wrong: words or spans the text lacks, no text at all.
     item = pb.TextInput(
         select_words=draw(st.just([]) | st.lists(texts, max_size=3)),
         select_spans=draw(st.just([]) | st.lists(spans, max_size=3)),
@@ -47,7 +47,27 @@ def text_inputs(draw: Any) -> pb.TextInput:
     return item
 
 
-requests = st.builds(
+@st.composite
+def plausible_inputs(draw: Any) -> pb.TextInput:
+    """A text, all of it or some of its own words or a span inside it selected: what a client
+    sends."""
+    text = draw(st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=200))
+    item = pb.TextInput(text=text)
+    select = draw(st.sampled_from(["all", "words", "span"]))  # the two cannot be combined
+    if select == "words" and text.split():
+        item.select_words.extend(draw(st.lists(st.sampled_from(text.split()), max_size=3)))
+    elif select == "span":
+        start = draw(st.integers(0, len(text) - 1))
+        item.select_spans.append(
+            pb.CharSpan(start=start, end=draw(st.integers(start + 1, len(text))))
+        )
+    return item
+
+
+# Fully random requests are almost all rejected (one bad field of many is enough: a few in a
+# hundred pass), so half are drawn plausible, with every option in range: the engine and the
+# response path get exercised under odd text as well as the checks.
+wild_requests = st.builds(
     pb.EmbedRequest,
     inputs=st.lists(text_inputs(), min_size=1, max_size=6) | st.lists(text_inputs(), max_size=300),
     pooling=st.sampled_from([0, 0, 1, 2, 3, 4, 5, 9, 2**31 - 1]),  # 0-5 known
@@ -57,6 +77,17 @@ requests = st.builds(
     normalize=st.booleans(),
     include_tokens=st.booleans(),
 )
+plausible_requests = st.builds(
+    pb.EmbedRequest,
+    inputs=st.lists(plausible_inputs(), min_size=1, max_size=8),
+    pooling=st.integers(0, 5),
+    layers=st.just([]) | st.just([-1]),
+    layer_combine=st.integers(0, 2),
+    dtype=st.integers(0, 2),
+    normalize=st.booleans(),
+    include_tokens=st.booleans(),
+)
+requests = wild_requests | plausible_requests
 payloads = st.binary(max_size=256)
 
 
