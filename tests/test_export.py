@@ -14,7 +14,7 @@ import pytest
 
 from ctxembed.cli import main
 from ctxembed.export.int8_schemes import AUTO_ORDER
-from ctxembed.export.validate import PROBE_TEXTS
+from ctxembed.export.validate import FUSED, PROBE_TEXTS, STANDARD, shipped_kernels, worse_of
 from ctxembed.runtime import WordEmbedder
 from ctxembed.runtime.manifest import load_manifest
 
@@ -70,6 +70,41 @@ def test_validation_figures_meet_thresholds(model_dir: Path) -> None:
     assert fp32["token_cosine_min"] >= 0.9999 and fp32["word_cosine_min"] >= 0.9999
     assert int8["word_cosine_mean"] >= 0.995 and int8["word_cosine_min"] >= 0.98
     assert int8["texts"] == len(PROBE_TEXTS) and int8["words"] > 300
+
+
+def test_cpu_variants_validated_as_served(model_dir: Path) -> None:
+    """Servers run a CPU graph's functions as the fused kernels where the install built them,
+    as onnxruntime's operators elsewhere: the export validates both and keeps the worse."""
+    if shipped_kernels() is None:
+        pytest.skip("the fused kernels were not built here (no C compiler)")
+    manifest = load_manifest(model_dir)
+    for name in ("fp32", "int8"):
+        figures = manifest.variant(name).validation
+        runs = figures["runs"]
+        assert set(runs) == {STANDARD, FUSED} and all(r["passed"] for r in runs.values())
+        for key in ("word_cosine_mean", "word_cosine_min", "token_cosine_min"):
+            assert figures[key] == min(r[key] for r in runs.values())
+        # the two differ (layer norms rounded apart), so both really ran
+        assert runs[STANDARD]["max_abs_diff"] != runs[FUSED]["max_abs_diff"]
+
+
+def test_a_variant_failing_one_way_fails() -> None:
+    def figures(word_min: float) -> dict[str, object]:
+        failures = [f"word_cosine_min {word_min:.6f} < 0.98"] if word_min < 0.98 else []
+        return {
+            "texts": 3,
+            "word_cosine_mean": 0.999,
+            "word_cosine_min": word_min,
+            "token_cosine_min": 0.99,
+            "max_abs_diff": 0.1,
+            "passed": not failures,
+            "failures": failures,
+        }
+
+    worse = worse_of({STANDARD: figures(0.985), FUSED: figures(0.975)})
+    assert not worse["passed"] and worse["word_cosine_min"] == 0.975
+    assert worse["failures"] == ["word_cosine_min 0.975000 < 0.98 (fused_kernels)"]
+    assert worse_of({STANDARD: figures(0.985)}) == figures(0.985)  # one way: as it was
 
 
 def test_local_folder_export_and_force(

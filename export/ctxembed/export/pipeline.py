@@ -30,7 +30,7 @@ from typing import Any, Literal, get_args
 from ctxembed.export.calibrate import calibration_feeds
 from ctxembed.export.errors import ExportError
 from ctxembed.export.fallback import choose_fallback
-from ctxembed.export.fused_chains import wrapped_variant
+from ctxembed.export.fused_chains import wrap_file, wrapped_variant
 from ctxembed.export.int8_schemes import (
     AUTO_ORDER,
     FALLBACK_FORMS,
@@ -48,12 +48,16 @@ from ctxembed.export.source import DEFAULT_MODEL, ModelSource, resolve_source
 from ctxembed.export.tokenizer_files import write_tokenizer
 from ctxembed.export.validate import (
     DEFAULT_THRESHOLDS,
+    FUSED,
+    STANDARD,
     Reference,
     Thresholds,
     build_references,
     compare_variant,
     load_session,
     selection_set,
+    shipped_kernels,
+    worse_of,
 )
 from ctxembed.runtime.manifest import MANIFEST_NAME, Manifest, Variant
 from ctxembed.runtime.segmentation import DEFAULT_SEGMENTATION
@@ -171,6 +175,15 @@ def _variant_names(opts: ExportOptions) -> list[str]:
     if opts.target == "cuda":
         return ["fp32", "fp16"]
     return ["fp32", "int8"] if opts.quantize == "int8" else ["fp32"]
+
+
+def _ways(variant: Variant, kernels: Path | None) -> dict[str, Path | None]:
+    """How a server may run ``variant``: a CPU graph with ctxembed functions runs them as the
+    fused kernels by default, and as onnxruntime's operators where the kernels were not built,
+    so where this install has them it is validated both ways."""
+    if kernels is None or "fused_chains" not in variant.optimization:
+        return {STANDARD: None}
+    return {STANDARD: None, FUSED: kernels}
 
 
 def _failure_table(results: dict[str, dict[str, Any]]) -> str:
@@ -404,7 +417,7 @@ def _int8_by_scheme(
 
     for scheme in AUTO_ORDER:
         quant = build(scheme)
-        figures = compare_variant(session(), references(), thresholds)
+        figures = _compare_as_served(out, references(), thresholds)
         _report(scheme, figures)
         tried[scheme] = {k: figures[k] for k in ("word_cosine_mean", "word_cosine_min")}
         if _only_words_fail(figures) and scheme in FALLBACK_SCHEMES:
@@ -427,7 +440,7 @@ def _int8_by_scheme(
             # The chosen nodes block-wise if that passes (faster), else in fp32.
             for form in FALLBACK_FORMS if fallback.nodes else ():
                 quant = build(scheme, fallback.nodes, form) | {"fallback_search": fallback.facts()}
-                figures = compare_variant(session(), references(), thresholds)
+                figures = _compare_as_served(out, references(), thresholds)
                 label = f"{scheme} + {len(fallback.nodes)} {form}"
                 _report(label, figures)
                 tried[label] = {k: figures[k] for k in ("word_cosine_mean", "word_cosine_min")}
@@ -437,6 +450,25 @@ def _int8_by_scheme(
             break
     # When none passes, the last (most accurate) stays and validation reports it.
     return quant | {"auto": {"order": list(AUTO_ORDER), "tried": tried}}
+
+
+def _compare_as_served(
+    graph: Path, refs: Sequence[Reference], thresholds: Thresholds
+) -> dict[str, Any]:
+    """``compare_variant`` on an int8 candidate the ways a server may run it once its chains
+    are wrapped (``_ways``): the choice must hold with and without the fused kernels."""
+    cpu = ["CPUExecutionProvider"]
+    runs = {STANDARD: compare_variant(load_session(graph, cpu), refs, thresholds)}
+    kernels = shipped_kernels()
+    if kernels is not None:
+        wrapped = graph.with_name(f".wrapped-{graph.name}")
+        try:
+            if wrap_file(graph, wrapped):
+                session = load_session(wrapped, cpu, kernels)
+                runs[FUSED] = compare_variant(session, refs, thresholds)
+        finally:
+            wrapped.unlink(missing_ok=True)
+    return worse_of(runs)
 
 
 def _report(scheme: str, figures: dict[str, Any]) -> None:
@@ -463,19 +495,28 @@ def _validate(
     from tqdm import tqdm
 
     available = ort.get_available_providers()
+    kernels = shipped_kernels()
     results: dict[str, dict[str, Any]] = {}
-    with tqdm(total=len(refs) * len(variants), unit="text", leave=False) as bar:
+    # A CPU graph with functions runs both ways where the kernels exist (_ways says why)
+    ways = {v.name: _ways(v, kernels) for v in variants}
+    total = len(refs) * sum(len(w) for w in ways.values())
+    with tqdm(total=total, unit="text", leave=False) as bar:
         for v in variants:
             # An fp16 graph validates on CUDA when this install has it, else on the CPU
             # provider (which runs these fp16 kernels too): the manifest says which.
             wanted = ["CUDAExecutionProvider"] if v.target == "cuda" else []
             providers = [p for p in wanted if p in available] + ["CPUExecutionProvider"]
-            try:
-                session = load_session(folder / v.file, providers)
-            except Exception as exc:  # ORT raises its own exception types
-                raise ExportError(f"cannot run the {v.name} variant for validation: {exc}") from exc
             thresholds = opts.thresholds.get(v.precision, Thresholds())
-            results[v.name] = compare_variant(session, refs, thresholds, lambda: bar.update(1))
+            runs = {}
+            for way, library in ways[v.name].items():
+                try:
+                    session = load_session(folder / v.file, providers, library)
+                except Exception as exc:  # ORT raises its own exception types
+                    raise ExportError(
+                        f"cannot run the {v.name} variant for validation ({way}): {exc}"
+                    ) from exc
+                runs[way] = compare_variant(session, refs, thresholds, lambda: bar.update(1))
+            results[v.name] = worse_of(runs)
             results[v.name]["provider"] = session.get_providers()[0]
             # where it was validated: a folder made here runs on other CPUs (docs: deploy, arm64)
             results[v.name]["machine"] = platform.machine()

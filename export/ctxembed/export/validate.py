@@ -212,7 +212,44 @@ def compare_variant(
     }
 
 
-def load_session(path: Path, providers: Sequence[str]) -> Any:
+def load_session(path: Path, providers: Sequence[str], kernels: Path | None = None) -> Any:
+    """An onnxruntime session over ``path``; with ``kernels`` (ctxembed's fused kernels
+    registered) the graph's ``ctxembed`` functions run as those kernels, as a server runs them."""
     import onnxruntime as ort
 
-    return ort.InferenceSession(str(path), providers=list(providers))
+    options = ort.SessionOptions()
+    if kernels is not None:
+        options.register_custom_ops_library(str(kernels))
+    return ort.InferenceSession(str(path), options, providers=list(providers))
+
+
+# How a server may run a CPU graph: its functions as ctxembed's fused kernels (the default where
+# the install built them) or as onnxruntime's own operators (no C compiler, --no-fused-kernels).
+# The two round the layer norms differently, which moves the flip-prone words by ~0.003.
+STANDARD, FUSED = "standard_operators", "fused_kernels"
+
+
+def shipped_kernels() -> Path | None:
+    """ctxembed's fused kernels where this install built them and onnxruntime loads them."""
+    from ctxembed.runtime.session import fused_kernels_library
+
+    return fused_kernels_library()
+
+
+def worse_of(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One variant's figures over the ways it was run (``compare_variant``'s, by way): each the
+    worse of them, passing only where every way passed; each way's own figures under "runs"."""
+    first = next(iter(runs.values()))
+    if len(runs) == 1:
+        return first
+    worst = {k: min(r[k] for r in runs.values()) for k in first if k.endswith(("_min", "_mean"))}
+    failures = [f"{f} ({way})" for way, r in runs.items() for f in r["failures"]]
+    kept = ("word_cosine_mean", "word_cosine_min", "token_cosine_min", "max_abs_diff", "passed")
+    return {
+        **first,
+        **worst,
+        "max_abs_diff": max(r["max_abs_diff"] for r in runs.values()),
+        "passed": all(r["passed"] for r in runs.values()),
+        "failures": failures,
+        "runs": {way: {k: r[k] for k in kept} for way, r in runs.items()},
+    }

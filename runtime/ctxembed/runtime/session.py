@@ -150,7 +150,8 @@ class ModelSession:
             _preload_cuda_libraries()
         # ctxembed's fused kernels run on the CPU provider only; a graph without their
         # functions never calls them, so registering costs nothing there.
-        self.kernels = _kernels_library() if provider == "cpu" and config.fused_kernels else None
+        wanted = provider == "cpu" and config.fused_kernels
+        self.kernels = fused_kernels_library() if wanted else None
         self.session = self._create(_options(self.threads, config, self.kernels), providers)
         self.provider = self.session.get_providers()[0]
         if provider == "cuda" and self.provider != CUDA:
@@ -269,7 +270,7 @@ def _preload_cuda_libraries() -> None:
 
 
 @functools.cache  # once per process: the library and onnxruntime do not change
-def _kernels_library() -> Path | None:
+def fused_kernels_library() -> Path | None:
     """ctxembed's fused kernels (``ctxembed.kernels``), where the install built them and this
     onnxruntime accepts them; else None, and the graphs run the functions' bodies, onnxruntime's
     own operators (the int8 chains' results bit for bit, the layer norms' to float rounding)."""
