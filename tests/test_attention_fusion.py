@@ -115,6 +115,9 @@ def test_an_older_folder_is_upgraded_in_place(
         assert variant.optimization["fusions"]["MultiHeadAttention"] == layers
         assert variant.sha256 == file_sha256(folder / variant.file)
         assert variant.size_bytes == (folder / variant.file).stat().st_size
+        # chains wrapped at the export: their node counts follow the fusion
+        nodes = len(_graph(folder, variant.name).graph.node)
+        assert variant.optimization["fused_chains"]["nodes"][1] == nodes
         _assert_same(_vectors(folder, variant.name), was[variant.name])
     assert sorted(p.name for p in folder.iterdir()) == sorted(p.name for p in before.iterdir())
     assert upgrade_folder(folder) == {}  # current: nothing to do

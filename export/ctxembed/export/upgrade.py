@@ -61,6 +61,10 @@ def _upgrade_graph(path: Path, variant: Variant, heads: int) -> dict[str, Any]:
             fusions = dict(variant.optimization.get("fusions", {}))
             fusions["MultiHeadAttention"] = facts["fused_attention"]
             facts["fusions"] = fusions
+        chains = variant.optimization.get("fused_chains")
+        removed = before - len(model.graph.node)
+        if chains and removed:  # wrapped before the fusion: its node counts move with it
+            facts["fused_chains"] = chains | {"nodes": [n - removed for n in chains["nodes"]]}
     if _needs_chains(variant):
         facts |= wrap_model(model)
     if len(model.graph.node) != before:
