@@ -7,6 +7,8 @@ import platform
 from importlib import metadata
 from typing import Any
 
+from ctxembed.runtime.cpu import kernel_flags
+
 PACKAGES = (
     "ctxembed",
     "onnxruntime",
@@ -20,19 +22,17 @@ PACKAGES = (
     "optimum-onnx",
     "flair",
 )
-FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd")
 
 
 def machine_facts() -> dict[str, Any]:
-    model, flags = platform.processor() or "?", set()
+    model = platform.processor() or "?"
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
                 key, _, value = line.partition(":")
                 if key.strip() == "model name":
                     model = value.strip()
-                elif key.strip() in ("flags", "Features"):
-                    flags = set(value.split())
+                    break
     except OSError:
         pass
     versions = {}
@@ -43,7 +43,7 @@ def machine_facts() -> dict[str, Any]:
             versions[name] = "not installed"
     return {
         "cpu": model,
-        "cpu_flags": sorted(f for f in FLAGS if f in flags),
+        "cpu_flags": kernel_flags(),
         "logical_cpus": os.cpu_count(),
         "python": platform.python_version(),
         "platform": platform.platform(),

@@ -16,6 +16,7 @@ from ctxembed.cli import main
 from ctxembed.export.int8_schemes import AUTO_ORDER
 from ctxembed.export.validate import FUSED, PROBE_TEXTS, STANDARD, shipped_kernels, worse_of
 from ctxembed.runtime import WordEmbedder
+from ctxembed.runtime.cpu import kernel_flags
 from ctxembed.runtime.manifest import load_manifest
 
 
@@ -60,6 +61,7 @@ def test_manifest_describes_the_folder(model_dir: Path) -> None:
     assert all(
         (v.validation or {}).get("machine") in ("x86_64", "aarch64") for v in manifest.variants
     )
+    assert all(v.validation["cpu_flags"] == kernel_flags() for v in manifest.variants)
 
 
 def test_validation_figures_meet_thresholds(model_dir: Path) -> None:

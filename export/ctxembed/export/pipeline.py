@@ -59,6 +59,7 @@ from ctxembed.export.validate import (
     shipped_kernels,
     worse_of,
 )
+from ctxembed.runtime.cpu import kernel_flags
 from ctxembed.runtime.manifest import MANIFEST_NAME, Manifest, Variant
 from ctxembed.runtime.segmentation import DEFAULT_SEGMENTATION
 
@@ -520,6 +521,7 @@ def _validate(
             results[v.name]["provider"] = session.get_providers()[0]
             # where it was validated: a folder made here runs on other CPUs (docs: deploy, arm64)
             results[v.name]["machine"] = platform.machine()
+            results[v.name]["cpu_flags"] = kernel_flags()
     failed = [name for name, r in results.items() if not r["passed"]]
     if failed:
         hint = ""

@@ -24,6 +24,15 @@ def cpu_flags() -> frozenset[str]:
     return frozenset()
 
 
+# The instruction sets onnxruntime's kernels choose between: which paths a graph ran on.
+KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd")
+
+
+def kernel_flags() -> list[str]:
+    """This CPU's ``KERNEL_FLAGS``, sorted."""
+    return sorted(f for f in KERNEL_FLAGS if f in cpu_flags())
+
+
 def is_arm() -> bool:
     return platform.machine().lower() in ("arm64", "aarch64")
 
