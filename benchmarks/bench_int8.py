@@ -80,9 +80,16 @@ def _made_today(fp32: Path) -> bool:
     ).optimization.keys()
 
 
+def _wrapped(folder: Path) -> bool:
+    from ctxembed.runtime.manifest import load_manifest
+
+    return "fused_chains" in load_manifest(folder).variant("int8").optimization
+
+
 def scheme_folder(fp32: Path, scheme: str) -> Path:
     """A model folder whose int8 variant is ``scheme``, built from the fp32 export."""
     from ctxembed.export.calibrate import calibration_feeds
+    from ctxembed.export.fused_chains import wrapped_variant
     from ctxembed.export.int8_schemes import build_int8
     from ctxembed.export.optimize import detect_cpu_preset
     from ctxembed.export.pipeline import file_sha256
@@ -90,8 +97,9 @@ def scheme_folder(fp32: Path, scheme: str) -> Path:
 
     manifest = load_manifest(fp32)
     out = fp32.parent / scheme
-    if (out / "manifest.json").is_file():
+    if (out / "manifest.json").is_file() and _wrapped(out):
         return out
+    shutil.rmtree(out, ignore_errors=True)  # built before the chains were wrapped here
     tmp = fp32.parent / f".{scheme}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(fp32, tmp)
@@ -101,6 +109,7 @@ def scheme_folder(fp32: Path, scheme: str) -> Path:
     variant = Variant(
         "int8", int8.name, "int8", "cpu", file_sha256(int8), int8.stat().st_size, {}, facts
     )
+    variant = wrapped_variant(tmp, variant)  # its chains as the export ships them (the kernels)
     updated = replace(manifest, variants=[*manifest.variants, variant])
     (tmp / "manifest.json").write_text(updated.to_json(), encoding="utf-8")
     tmp.rename(out)

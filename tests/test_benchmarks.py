@@ -511,3 +511,27 @@ def test_report_prints_the_kernels_on_and_off() -> None:
     assert "worst word cosine 0.999999, largest difference 2.4e-06" in line
     model["fused_kernels"] = {"products": 47, "nodes": [1206, 813], "error": "not built"}
     assert _fused_kernels(model) == ["- fused kernels: not timed: not built"]
+
+
+def test_int8_scheme_folders_carry_the_chains_the_export_ships(
+    outlier_export: Path, tmp_path: Path
+) -> None:
+    """bench-int8 times each scheme as the export ships it: chains wrapped for the kernels."""
+    import shutil
+
+    from benchmarks.bench_int8 import scheme_folder
+    from ctxembed.runtime import WordEmbedder
+    from ctxembed.runtime.manifest import load_manifest
+
+    fp32 = tmp_path / "fp32"
+    shutil.copytree(outlier_export, fp32)
+    manifest = load_manifest(fp32)
+    (fp32 / "model_int8.onnx").unlink()  # what bench_int8's fp32-only export holds
+    (fp32 / "manifest.json").write_text(
+        manifest.__class__(**{**vars(manifest), "variants": [manifest.variant("fp32")]}).to_json()
+    )
+    folder = scheme_folder(fp32, "outlier")
+    facts = load_manifest(folder).variant("int8").optimization["fused_chains"]
+    assert facts["products"] > 0  # its layer norms came wrapped from the fp32 graph
+    with WordEmbedder.load(folder, "cpu") as emb:
+        assert emb.embed(["the river bank"])[0].vectors.shape == (3, 64)

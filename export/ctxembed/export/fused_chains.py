@@ -231,17 +231,18 @@ def wrap_layer_norms(model: Any) -> int:
 
 def wrap_chains(model: Any) -> dict[str, int]:
     """Both wraps on ``model`` (changed in place), and the functions; counts of each, or {}
-    when there was nothing to wrap (or it was wrapped already)."""
+    when there was nothing to wrap (or it was wrapped already). A graph partly wrapped (an
+    int8 graph quantized from a wrapped fp32 one) gets the rest."""
     from onnx import helper
 
-    if any(f.domain == DOMAIN for f in model.functions):
-        return {}
     counts = {"products": wrap_row_chains(model), "layer_norms": wrap_layer_norms(model)}
     if not any(counts.values()):
         return {}
     opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    model.functions.extend(functions(opset))
-    model.opset_import.append(helper.make_opsetid(DOMAIN, FUNCTION_OPSET))
+    have = {f.name for f in model.functions if f.domain == DOMAIN}
+    model.functions.extend(f for f in functions(opset) if f.name not in have)
+    if not any(o.domain == DOMAIN for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid(DOMAIN, FUNCTION_OPSET))
     if not any(o.domain == MS_DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
     return counts
