@@ -179,12 +179,7 @@ def test_auto_keeps_the_fallback_blockwise_when_that_passes(
     out = tmp_path / "auto"
     args = ["export", "--model", str(tiny_source), "--out", str(out), "--int8-word-mean", "0"]
     assert main(args) == 0
-    expected = [
-        ("smooth", ""),
-        ("smooth-blockwise-ffn", ""),
-        ("outlier", ""),
-        ("outlier", "blockwise"),
-    ]
+    expected = [("smooth", ""), ("outlier", ""), ("outlier", "blockwise")]
     assert builds == expected + ([("outlier", "fp32")] if passing == "fp32" else [])
     quantization = load_manifest(out).variant("int8").quantization or {}
     assert quantization["scheme"] == "outlier" and quantization[f"{passing}_fallback"]

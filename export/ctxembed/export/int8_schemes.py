@@ -6,16 +6,20 @@ activations. Two remedies, combined by the schemes: smoothing (``smooth.py``: ou
 into the weights, one ``Mul`` per input, full int8 speed) and ``MatMulNBits`` with 8-bit weights
 and ``accuracy_level=4``, which quantizes activations per block of each row (holds any outlier;
 slower kernels at the row counts of short texts). The FFN down-projection (after GELU) carries
-the largest outliers. The schemes, fastest first:
+the largest outliers. The schemes, fastest first (with ctxembed's fused kernels, which run the
+``outlier`` scheme's per-row chains as one kernel each):
 
 - ``smooth``: every weight MatMul's input smoothed, then per-tensor int8 with calibrated ranges.
-- ``smooth-blockwise-ffn``: the FFN down-projections block-wise, the rest as ``smooth``.
 - ``outlier``: outlier channels in fp32 and every row on its own scale (``outliers.py``), the
   rest per-tensor int8; a fused ``Attention``'s input smoothed. Where only a few words fail,
   ``auto`` takes the FFN down-projections that break them out of it, chosen by measured harm
-  (``fallback.py``), block-wise where that passes, else fp32: on all-mpnet-base-v2 one of them,
-  block-wise (docs/int8.md). On MiniLM it is slower than
-  ``smooth-blockwise-ffn`` at the bank sentence (1.17 vs 1.04 ms), so it comes after it.
+  (``fallback.py``), block-wise where that passes, else fp32: on both real models one of them,
+  block-wise (docs/int8.md).
+- ``smooth-blockwise-ffn``: the FFN down-projections block-wise, the rest as ``smooth``. Before
+  the kernels it came before ``outlier``; with them ``outlier`` runs 0.95x against 0.78x of
+  dynamic int8's bank time on MPNet, 0.86x against 0.58x of its corpus rate (MiniLM 0.98x and
+  0.88x against 0.89x and 0.67x; ``make bench-int8``, 2026-12-07). Without the kernels the two
+  are within 10% of each other.
 - ``blockwise``: every weight MatMul block-wise; a fused ``Attention`` stays per-tensor
   (calibrated).
 - ``calibrated``: per-tensor int8 with calibrated ranges, no smoothing (the 0.1 default).
@@ -51,7 +55,7 @@ Int8Scheme = Literal[
     "auto", "smooth", "smooth-blockwise-ffn", "outlier", "blockwise", "calibrated", "dynamic"
 ]
 INT8_SCHEMES: tuple[Int8Scheme, ...] = get_args(Int8Scheme)
-AUTO_ORDER: tuple[Int8Scheme, ...] = ("smooth", "smooth-blockwise-ffn", "outlier", "blockwise")
+AUTO_ORDER: tuple[Int8Scheme, ...] = ("smooth", "outlier", "smooth-blockwise-ffn", "blockwise")
 # Schemes that may keep a few MatMuls in fp32 when only their worst words fail (fallback.py).
 FALLBACK_SCHEMES: tuple[Int8Scheme, ...] = ("outlier",)
 BLOCK_SIZE = 128  # accuracy held at 32-256 on both real models (design texts); 256 ran 5% faster
