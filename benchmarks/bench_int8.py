@@ -186,14 +186,18 @@ def run_model(model: str, rounds: int, reps: int, corpus_texts: int) -> dict[str
     return {"held_out_texts": len(texts), "corpus_texts": len(corpus), "schemes": rows}
 
 
-def default_label(row: dict[str, Any]) -> str:
-    """The shipped default's row name: its scheme, and its fallback nodes if any."""
-    q = row.get("quantization") or {}
-    label = f"default: {q.get('scheme', '?')}"
+def scheme_label(quantization: dict[str, Any]) -> str:
+    """An int8 variant's scheme, and its fallback nodes if any ("outlier + 1 blockwise")."""
+    label = str(quantization.get("scheme", "?"))
     for form in ("blockwise", "fp32"):
-        if q.get(f"{form}_fallback"):
-            label += f" + {len(q[f'{form}_fallback'])} {form}"
+        if quantization.get(f"{form}_fallback"):
+            label += f" + {len(quantization[f'{form}_fallback'])} {form}"
     return label
+
+
+def default_label(row: dict[str, Any]) -> str:
+    """The shipped default's row name."""
+    return f"default: {scheme_label(row.get('quantization') or {})}"
 
 
 def int8_over_fp32(schemes: dict[str, Any]) -> str:

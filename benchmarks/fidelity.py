@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.bench_int8 import scheme_label
 from benchmarks.machine import machine_facts
 from benchmarks.saving import save_results
 from ctxembed.runtime import WordEmbedder
@@ -109,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     result = {
         "model": emb.name,
         "variant": args.variant,
-        "scheme": quantization.get("scheme", args.variant),
+        "scheme": scheme_label(quantization) if quantization else args.variant,
         "texts": len(texts),
         "fused_kernels": emb.session.kernels is not None,
         "machine": machine_facts(),
@@ -118,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     stem = f"fidelity-{emb.name}-{args.variant}"
     if "auto" not in quantization and args.variant == "int8":  # a scheme chosen by hand
-        stem += f"-{result['scheme']}"
+        stem += f"-{quantization['scheme']}"
     save_results(stem, result, markdown(result), ensure_ascii=False)
     return 0
 
