@@ -9,7 +9,7 @@ BENCH_STAMP := $(BENCH_VENV)/.ctxembed-bench-installed
 MODEL_DIR ?= models/all-MiniLM-L6-v2
 # The export's default choice of int8 scheme is made on 3,000 held-apart texts (tests use the 36
 # built-in ones): see benchmarks/data/sample_texts.py. The default model's int8 embedding table
-# held on 7,350 texts (docs/int8.md): its int8 file is 22.9 MiB instead of 56.
+# held on 7,350 texts (docs/int8.md): its int8 file is 23.0 MiB instead of 56.
 SELECTION ?= benchmarks/data/int8-selection.txt
 EXPORT_ARGS ?= --selection-texts $(SELECTION) --int8-embeddings
 HOST ?= 127.0.0.1
