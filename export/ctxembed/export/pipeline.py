@@ -457,11 +457,12 @@ def _compare_as_served(
     graph: Path, refs: Sequence[Reference], thresholds: Thresholds
 ) -> dict[str, Any]:
     """``compare_variant`` on an int8 candidate the ways a server may run it once its chains
-    are wrapped (``_ways``): the choice must hold with and without the fused kernels."""
+    are wrapped (``_ways``): the choice must hold with and without the fused kernels. A
+    candidate that fails the first way fails (its figures are that way's): no second pass."""
     cpu = ["CPUExecutionProvider"]
     runs = {STANDARD: compare_variant(load_session(graph, cpu), refs, thresholds)}
     kernels = shipped_kernels()
-    if kernels is not None:
+    if kernels is not None and runs[STANDARD]["passed"]:
         wrapped = graph.with_name(f".wrapped-{graph.name}")
         try:
             if wrap_file(graph, wrapped):
