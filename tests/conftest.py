@@ -34,11 +34,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """all-MiniLM-L6-v2 exported with every layer: fp32 and int8 variants (int8 embedding table,
-    as `make export` makes it)."""
+    as `make export` makes it). The scheme is named rather than searched: ``auto`` would build and
+    reject ``smooth`` first (6 s of every run); its search is tested on its own in test_export."""
     from ctxembed.export import ExportOptions, export_model
 
     out = tmp_path_factory.mktemp("models") / "all-MiniLM-L6-v2"
-    export_model(ExportOptions(out=out, layers="all", int8_embeddings=True))
+    export_model(ExportOptions(out=out, layers="all", int8_embeddings=True, int8_scheme="outlier"))
     return out
 
 
