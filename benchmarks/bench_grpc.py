@@ -123,9 +123,14 @@ def _echo_server() -> Iterator[int]:
 @contextlib.contextmanager
 def port_server(module: str, *args: str) -> Iterator[int]:
     """``python -m module args`` (a server that prints "port N" once listening); yields N."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", module, *args], stdout=subprocess.PIPE, text=True
-    )
+    with port_process([sys.executable, "-m", module, *args]) as port:
+        yield port
+
+
+@contextlib.contextmanager
+def port_process(command: list[str], env: dict[str, str] | None = None) -> Iterator[int]:
+    """A server process that prints "port N" once listening; yields N."""
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert proc.stdout is not None
         yield int(proc.stdout.readline().split()[1])

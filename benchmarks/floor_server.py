@@ -11,6 +11,7 @@ on this machine (``benchmarks/serving_path.py`` sets both beside a bare echo).
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +23,26 @@ from ctxembed.v1 import embedder_pb2 as pb
 from ctxembed.v1.wire import call_from_request, response_from_results
 
 
+def embed_call(engine: WordEmbedder, request: pb.EmbedRequest) -> pb.EmbedResponse:
+    """The floor's work for one call: decode, ``WordEmbedder.embed``'s stages, encode."""
+    call = call_from_request(request)
+    prepared = engine.prepare(call.inputs, call.options)
+    states = engine.forward(prepared.texts, prepared.layer_ids)
+    return response_from_results(engine.finish(prepared, states, prepared.layer_ids))
+
+
+def bytes_handler(model_dir: str) -> Callable[[bytes], bytes]:
+    """The same work from request bytes to response bytes: what benchmarks/native/front.cc
+    calls in its embedded interpreter, the gRPC transport being its own."""
+    engine = WordEmbedder.load(Path(model_dir), provider="cpu")
+    return lambda data: embed_call(engine, pb.EmbedRequest.FromString(data)).SerializeToString()
+
+
 async def _serve(model_dir: Path) -> None:
     engine = WordEmbedder.load(model_dir, provider="cpu")
 
     async def embed(request: pb.EmbedRequest, context: Any) -> pb.EmbedResponse:
-        call = call_from_request(request)
-        prepared = engine.prepare(call.inputs, call.options)  # WordEmbedder.embed's stages
-        states = engine.forward(prepared.texts, prepared.layer_ids)
-        return response_from_results(engine.finish(prepared, states, prepared.layer_ids))
+        return embed_call(engine, request)
 
     service = pb.DESCRIPTOR.services_by_name["WordEmbedder"].full_name
     method = grpc.unary_unary_rpc_method_handler(

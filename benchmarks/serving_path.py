@@ -7,7 +7,9 @@ over gRPC to ``ctxembed serve`` (default: lone requests run inline) and to one w
 ``--inline-max-tokens 0``, an empty call to a bare grpc.aio echo server, a call that keeps that
 echo's handler busy for the round's in-process p50 (what a round trip around that much server
 work costs with no ctxembed code), and the same request to ``benchmarks.floor_server`` (decode,
-``embed`` inline, encode; nothing else): the least a Python grpc.aio server can add here. The
+``embed`` inline, encode; nothing else): the least a Python grpc.aio server can add here. Where
+grpc++ can be built (``benchmarks.native``): the same echo in C++, empty and busy (what a native
+front would pay for the round trip alone), and the floor's Python work behind a C++ transport. The
 speed issue's target 4: gRPC p50 − in-process p50 ≤ the echo's p50 + 0.25 ms. Then closed-loop
 clients (1, 2, 4, 16, 32; one corpus sentence per call) against both servers, so that inline runs
 are seen to cost nothing under concurrency. Writes benchmarks/results/serving-path.{json,md}.
@@ -16,6 +18,7 @@ are seen to cost nothing under concurrency. Writes benchmarks/results/serving-pa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import statistics
 import time
@@ -25,7 +28,7 @@ from typing import Any
 
 import grpc
 
-from benchmarks import echo_server
+from benchmarks import echo_server, native
 from benchmarks.bench_grpc import _echo_server, load, port_server
 from benchmarks.engines import BANK, time_calls
 from benchmarks.machine import machine_facts
@@ -41,6 +44,9 @@ LEVELS = (1, 2, 4, 16, 32)
 TARGET_MS = 0.25  # beyond the echo's round trip
 FLOOR = "python floor"  # benchmarks.floor_server
 BUSY = "busy echo"  # the echo's handler computing for the in-process p50
+NATIVE, NATIVE_BUSY = "native echo", "native busy echo"  # the same in C++ (grpc++)
+NATIVE_FRONT = "native front"  # the floor's Python work behind a C++ transport
+ECHOES = ("in_process", "echo", NATIVE)  # the rest are measured beyond the echo
 
 
 def measure(model_dir: Path, rounds: int, reps: int, seconds: float) -> dict[str, Any]:
@@ -50,24 +56,40 @@ def measure(model_dir: Path, rounds: int, reps: int, seconds: float) -> dict[str
     samples: dict[str, list[float]] = {"in_process": [], "echo": [], BUSY: [], FLOOR: []}
     samples |= {n: [] for n in servers}
     throughput: dict[str, dict[int, list[float]]] = {n: {c: [] for c in LEVELS} for n in servers}
+    built = {name: native.build(name) for name in ("echo", "front")}
+    for name, why in built.items():
+        if isinstance(why, str):
+            print(f"  no native {name}: {why}", flush=True)
     try:
         clients = {name: Client(s.address) for name, s in servers.items()}
-        with (
-            _echo_server() as port,
-            grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
-            port_server("benchmarks.floor_server", str(model_dir)) as floor_port,
-        ):
-            echo = channel.unary_unary(echo_server.METHOD, None, None)
+        with contextlib.ExitStack() as stack:
+            port = stack.enter_context(_echo_server())
+            channel = stack.enter_context(grpc.insecure_channel(f"127.0.0.1:{port}"))
+            echoes = {"echo": channel.unary_unary(echo_server.METHOD, None, None)}
+            busy_echoes = {BUSY: echoes["echo"]}
+            if isinstance(binary := built["echo"], Path):
+                native_port = stack.enter_context(native.serve(binary))
+                to = stack.enter_context(grpc.insecure_channel(f"127.0.0.1:{native_port}"))
+                echoes[NATIVE] = busy_echoes[NATIVE_BUSY] = to.unary_unary(
+                    echo_server.METHOD, None, None
+                )
+            if isinstance(binary := built["front"], Path):
+                front_port = stack.enter_context(native.serve(binary, str(model_dir)))
+                clients[NATIVE_FRONT] = Client(f"127.0.0.1:{front_port}")
+            floor_port = stack.enter_context(port_server("benchmarks.floor_server", str(model_dir)))
             clients[FLOOR] = Client(f"127.0.0.1:{floor_port}")
+            samples |= {name: [] for name in [*echoes, *busy_echoes, *clients]}
             for _ in range(rounds):
                 engine = time_calls(lambda: emb.embed(bank), reps, warmup=20)
                 samples["in_process"] += engine
-                busy = functools.partial(echo, echo_server.busy_request(statistics.median(engine)))
-                samples[BUSY] += time_calls(busy, reps, warmup=20)
+                work = echo_server.busy_request(statistics.median(engine))
+                for name, echo in busy_echoes.items():
+                    samples[name] += time_calls(functools.partial(echo, work), reps, warmup=20)
                 for name, client in clients.items():
                     call = lambda c=client: c.embed(bank)  # noqa: E731
                     samples[name] += time_calls(call, reps, warmup=20)
-                samples["echo"] += time_calls(lambda: echo(b""), reps, warmup=20)
+                for name, echo in echoes.items():
+                    samples[name] += time_calls(functools.partial(echo, b""), reps, warmup=20)
         for client in clients.values():
             client.close()
         for _ in range(2):
@@ -80,10 +102,11 @@ def measure(model_dir: Path, rounds: int, reps: int, seconds: float) -> dict[str
             server.proc.terminate()
             server.finish()
     p50 = {name: percentiles(values)["p50_ms"] for name, values in samples.items()}
-    beyond = {n: p50[n] - p50["in_process"] - p50["echo"] for n in [*servers, FLOOR, BUSY]}
+    beyond = {n: p50[n] - p50["in_process"] - p50["echo"] for n in p50 if n not in ECHOES}
     return {
         "p50_ms": p50,
         "beyond_echo_ms": beyond,
+        "native": {name: "built" if isinstance(why, Path) else why for name, why in built.items()},
         "texts_per_s": {
             name: {str(c): statistics.median(v) for c, v in levels.items()}
             for name, levels in throughput.items()
@@ -117,6 +140,18 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| the echo, its handler busy for the in-process p50 | {p50[BUSY]:.3f} | {busy:.3f} |"
         )
+    native_busy, front = beyond.get(NATIVE_BUSY), beyond.get(NATIVE_FRONT)
+    if native_busy is not None:
+        lines += [
+            f"| C++ grpc++ echo (`benchmarks/native/echo.cc`), empty call | {p50[NATIVE]:.3f} | |",
+            f"| the C++ echo, busy for the in-process p50 | {p50[NATIVE_BUSY]:.3f} |"
+            f" {native_busy:.3f} |",
+        ]
+    if front is not None:
+        lines.append(
+            f"| gRPC, the floor's Python work behind a C++ transport (`benchmarks/native/front.cc`)"
+            f" | {p50[NATIVE_FRONT]:.3f} | {front:.3f} |"
+        )
     lines += [
         "",
         f"The floor: a grpc.aio handler that only decodes the request, runs `embed` inline and"
@@ -138,6 +173,24 @@ def markdown(result: dict[str, Any]) -> str:
             " in Python on grpc.aio reaches it here; only a native front (gRPC and response"
             " building outside Python) could."
         )
+    if native_busy is not None:
+        slack = TARGET_MS - native_busy
+        lines.append(
+            f"A native front's round trip alone: the C++ echo busy as long as `embed` adds"
+            f" {native_busy:.3f} ms beyond the grpc.aio echo, so one would meet the target if its"
+            f" decoding, encoding and engine slowdown after gRPC work stayed under"
+            f" {slack:.3f} ms" + (" (none can: below zero)." if slack < 0 else ".")
+        )
+    if front is not None:
+        verdict = "meets" if front <= TARGET_MS else "misses"
+        lines.append(
+            f"Moving only the transport out of Python (the floor's decode, `embed` and encode"
+            f" called in an embedded interpreter per request) {verdict} it: {front:.3f} ms beyond"
+            f" the echo, against the Python floor's {floor:.3f}."
+        )
+    for name, why in r.get("native", {}).items():
+        if why != "built":
+            lines.append(f"No C++ {name} in this run: {why}.")
     lines += [
         "",
         f"Closed-loop clients, one corpus sentence per call, medians of 2 interleaved rounds of"

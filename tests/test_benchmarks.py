@@ -296,6 +296,51 @@ def test_serving_path_report_renders() -> None:
     assert "| the echo, its handler busy for the in-process p50 | 1.520 | 0.120 |" in text
     assert "Of the floor, 0.120 ms is paid by the bare echo" in text
     assert "The other 0.180 ms is the floor's own" in text
+    assert "C++" not in text  # saved before the native echo existed
+    figures["native"] = {"echo": "built", "front": "no shared libpython"}
+    assert "No C++ front in this run: no shared libpython." in serving_markdown(result)
+    figures["native"]["front"] = "built"
+    figures["p50_ms"] |= {"native echo": 0.2, "native busy echo": 1.3, "native front": 1.6}
+    figures["beyond_echo_ms"] |= {"native busy echo": -0.1, "native front": 0.2}
+    text = serving_markdown(result)
+    assert "| the C++ echo, busy for the in-process p50 | 1.300 | -0.100 |" in text
+    assert "stayed under 0.350 ms." in text
+    assert "behind a C++ transport (`benchmarks/native/front.cc`) | 1.600 | 0.200 |" in text
+    assert "meets it: 0.200 ms beyond the echo, against the Python floor's 0.300." in text
+    assert "No C++" not in text
+
+
+def _native(name: str) -> Path:
+    """benchmarks/native/NAME.cc built, where grpc++ can be built here; otherwise the reason
+    names what is missing (serving_path then prints it and goes on)."""
+    from benchmarks import native
+
+    binary = native.build(name)
+    if isinstance(binary, str):
+        assert "apt-get install" in binary or "libpython" in binary or "compile" in binary
+        pytest.skip(binary)
+    return binary
+
+
+def test_the_native_echo_answers_as_the_python_one() -> None:
+    import time
+
+    import grpc
+
+    from benchmarks import echo_server, native
+
+    with (
+        native.serve(_native("echo")) as port,
+        grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
+    ):
+        echo = channel.unary_unary(echo_server.METHOD, None, None)
+        assert echo(b"abc") == b"abc" and echo(b"") == b""
+        start = time.perf_counter()
+        assert echo(echo_server.busy_request(0.05)) == b""
+        assert time.perf_counter() - start >= 0.05
+        with pytest.raises(grpc.RpcError) as info:
+            channel.unary_unary("/bench.Echo/Other", None, None)(b"")
+        assert info.value.code() == grpc.StatusCode.UNIMPLEMENTED
 
 
 def test_the_busy_echo_computes_for_as_long_as_asked() -> None:
@@ -331,6 +376,33 @@ def test_the_floor_server_answers_as_the_engine(model_dir: Path, embedder: Any) 
     [local] = embedder.embed(bank)
     assert [w.text for w in served.words] == ["bank"]
     np.testing.assert_allclose(served.vectors, local.vectors, rtol=1e-5, atol=1e-6)
+
+
+def test_the_native_front_answers_as_the_engine(model_dir: Path, embedder: Any) -> None:
+    """benchmarks/native/front.cc: the floor's work behind a C++ transport, the same answers;
+    an error in the embedded handler is the call's error, not the server's end."""
+    import grpc
+
+    from benchmarks import native
+    from ctxembed.client import Client
+    from ctxembed.runtime import TextInput
+
+    bank = [TextInput(text="I sat by the river bank", select_words=["bank"])]
+    with (
+        native.serve(_native("front"), str(model_dir)) as port,
+        Client(f"127.0.0.1:{port}") as client,
+    ):
+        [served] = client.embed(bank)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            embed = channel.unary_unary("/ctxembed.v1.WordEmbedder/Embed", None, None)
+            with pytest.raises(grpc.RpcError) as info:
+                embed(b"\xff\xff")  # not an EmbedRequest
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        [again] = client.embed(bank)
+    [local] = embedder.embed(bank)
+    assert [w.text for w in served.words] == ["bank"]
+    np.testing.assert_allclose(served.vectors, local.vectors, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(served.vectors, again.vectors)
 
 
 def test_one_client_sets_the_floor_and_a_busy_echo_beside_ctxembed(model_dir: Path) -> None:
