@@ -68,7 +68,8 @@ $(BENCH_STAMP): pyproject.toml constraints-bench.txt
 bench: $(BENCH_STAMP)
 	test -f $(MODEL_DIR)/manifest.json || $(BENCH_BIN)/ctxembed export --out $(MODEL_DIR) $(EXPORT_ARGS)
 	$(BENCH_BIN)/python -m benchmarks.run --quick --model-dir $(MODEL_DIR)
-	# The serving path beyond a bare echo, with and without inline runs (~2 min)
+	# The serving path beyond a bare echo, with and without inline runs (~2 min; where g++,
+	# pkg-config and libgrpc++-dev are installed, also beside a C++ echo and a C++ transport)
 	$(BENCH_BIN)/python -m benchmarks.serving_path --model-dir $(MODEL_DIR)
 	# Triton's perf_analyzer beside the Python load generator (installs .venv-triton once;
 	# prints why and skips where it cannot run)
