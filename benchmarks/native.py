@@ -41,7 +41,9 @@ def _python_flags() -> list[str] | str:
 
 def build(name: str) -> Path | str:
     """benchmarks/native/NAME.cc built (again when the source is newer), or why it cannot be."""
-    source, binary = SOURCES / f"{name}.cc", CACHE / name
+    # front links this interpreter's libpython: one binary per Python version
+    tag = f"-{sys.implementation.cache_tag}" if name == "front" else ""
+    source, binary = SOURCES / f"{name}.cc", CACHE / f"{name}{tag}"
     if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
         return binary
     compiler = shutil.which("c++")
