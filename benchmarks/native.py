@@ -5,7 +5,7 @@ Python could meet the serving-path target where a Python one cannot:
 
 - ``echo``: benchmarks/echo_server.py in C++ (the same method and requests);
 - ``front``: the gRPC transport in C++ around the Python floor's own work (decode, ``embed``,
-  encode: ``benchmarks.floor_server.handle_bytes``) in an embedded interpreter.
+  encode: ``benchmarks.floor_server.bytes_handler``) in an embedded interpreter.
 
 They need a C++ compiler, pkg-config and grpc++'s headers (Debian: ``apt-get install g++
 libgrpc++-dev pkg-config``), and ``front`` a shared libpython; without them the benchmark says
