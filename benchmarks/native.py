@@ -44,7 +44,8 @@ def build(name: str) -> Path | str:
     # front links this interpreter's libpython: one binary per Python version
     tag = f"-{sys.implementation.cache_tag}" if name == "front" else ""
     source, binary = SOURCES / f"{name}.cc", CACHE / f"{name}{tag}"
-    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+    newest = max(path.stat().st_mtime for path in (source, SOURCES / "unary.h"))
+    if binary.exists() and binary.stat().st_mtime >= newest:
         return binary
     compiler = shutil.which("c++")
     if compiler is None or shutil.which("pkg-config") is None:
