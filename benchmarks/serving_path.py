@@ -53,8 +53,7 @@ def measure(model_dir: Path, rounds: int, reps: int, seconds: float) -> dict[str
     emb = WordEmbedder.load(model_dir, provider="cpu")
     bank = [TextInput(text=BANK, select_words=["bank"])]
     servers = {name: ProcessServer(model_dir, *flags) for name, flags in SERVERS.items()}
-    samples: dict[str, list[float]] = {"in_process": [], "echo": [], BUSY: [], FLOOR: []}
-    samples |= {n: [] for n in servers}
+    samples: dict[str, list[float]] = {"in_process": []}  # the rest once their servers are up
     throughput: dict[str, dict[int, list[float]]] = {n: {c: [] for c in LEVELS} for n in servers}
     built = {name: native.build(name) for name in ("echo", "front")}
     for name, why in built.items():
