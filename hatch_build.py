@@ -3,7 +3,8 @@
 The library (runtime/ctxembed/kernels) is optional: without it the graphs run the kernels'
 functions as onnxruntime's standard operators, only slower, so a missing compiler warns and the
 wheel stays pure Python. ``CTXEMBED_BUILD_KERNELS=0`` skips it. An editable install compiles it
-in place, where the source tree is imported from.
+in place, where the source tree is imported from. ``CC`` names the compiler; a cross compiler
+(``CC=aarch64-linux-gnu-gcc``) makes a wheel for its platform (``py3-none-linux_aarch64``).
 """
 
 from __future__ import annotations
@@ -33,8 +34,13 @@ class KernelsBuildHook(BuildHookInterface):  # type: ignore[type-arg]
         if os.environ.get("CTXEMBED_BUILD_KERNELS", "1").lower() in {"0", "no", "off", "false"}:
             return
         build = _kernels_build()
+        # an editable install imports the source tree, so its library goes there; a wheel's is
+        # built aside, so a cross build (CC=aarch64-linux-gnu-gcc) leaves the tree's own alone
+        out = build.HERE if version == "editable" else Path(self.root) / "build" / "kernels"
         try:
-            library = build.build()
+            cc = build.compiler()
+            cross = build.cross_platform(cc) if cc else None
+            library = build.build(out, cc)
         except build.BuildError as exc:
             self.app.display_warning(
                 f"ctxembed: fused kernels not built ({exc}); the graphs will run"
@@ -46,4 +52,7 @@ class KernelsBuildHook(BuildHookInterface):  # type: ignore[type-arg]
             return
         build_data["force_include"][str(library)] = f"ctxembed/kernels/{library.name}"
         build_data["pure_python"] = False
-        build_data["infer_tag"] = True
+        if cross:  # no Python code is compiled: any Python 3, the compiler's platform
+            build_data["tag"] = f"py3-none-{cross}"
+        else:
+            build_data["infer_tag"] = True

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import platform
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -19,7 +20,7 @@ import pytest
 from ctxembed.export.fused_chains import DOMAIN, functions
 from ctxembed.export.upgrade import upgrade_folder
 from ctxembed.kernels import OPS, library
-from ctxembed.kernels.build import BuildError, build, compiler
+from ctxembed.kernels.build import BuildError, build, compiler, cross_platform
 from ctxembed.runtime import TextInput, WordEmbedder, WordEmbeddings
 from ctxembed.runtime.cpu import cpu_flags
 from ctxembed.runtime.manifest import load_manifest
@@ -30,7 +31,10 @@ OUTPUTS = ["q1", "row1", "outl", "y1", "q2", "row2", "y2", "norm", "norm_bias"]
 
 
 def _form_runs_here(form: str) -> bool:
-    return form == "scalar" or {"avx2": "avx2", "avx512": "avx512f"}[form] in cpu_flags()
+    # the vector forms are x86's (an arm64 library has the scalar form only); the architecture
+    # first, since under qemu-user /proc/cpuinfo is the x86 host's
+    x86 = platform.machine().lower() in {"x86_64", "amd64"}
+    return form == "scalar" or (x86 and {"avx2": "avx2", "avx512": "avx512f"}[form] in cpu_flags())
 
 
 def _umask() -> int:
@@ -54,6 +58,25 @@ def test_build_writes_the_library_and_names_a_missing_compiler(tmp_path: Path) -
     assert built.stat().st_mode & 0o777 == 0o755 & ~_umask()  # others may load it
     with pytest.raises(BuildError, match="failed"):
         build(tmp_path / "other", cc="/bin/false")
+
+
+def _fake_compiler(folder: Path, target: str) -> str:
+    """A "compiler" that answers ``-dumpmachine`` with ``target``."""
+    path = folder / f"cc-{target}"
+    path.write_text(f"#!/bin/sh\necho {target}\n")
+    path.chmod(0o755)
+    return str(path)
+
+
+def test_a_cross_compiler_names_the_wheel_platform(tmp_path: Path) -> None:
+    """The build hook tags a cross-built wheel for the compiler's platform (make test-arm64's
+    wheel: CC=aarch64-linux-gnu-gcc), and a native compiler leaves the tag to the host."""
+    other = "x86_64" if platform.machine() in {"aarch64", "arm64"} else "aarch64"
+    assert cross_platform(_fake_compiler(tmp_path, f"{other}-linux-gnu")) == f"linux_{other}"
+    assert cross_platform(_fake_compiler(tmp_path, f"{platform.machine()}-linux-gnu")) is None
+    assert cross_platform(_fake_compiler(tmp_path, "arm-linux-gnueabihf")) is None  # native
+    with pytest.raises(BuildError, match="only Linux cross builds"):
+        cross_platform(_fake_compiler(tmp_path, f"{other}-apple-darwin"))
 
 
 def chain_model(k: int, n: int, channels: list[int], col_size: int | None = None) -> bytes:

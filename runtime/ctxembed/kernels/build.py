@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -46,6 +47,25 @@ def compiler() -> str | None:
     """``$CC``, else the first of cc, gcc and clang on PATH."""
     names = [os.environ["CC"]] if os.environ.get("CC") else ["cc", "gcc", "clang"]
     return next((found for name in names if (found := shutil.which(name))), None)
+
+
+# The 64-bit targets a cross build is recognised for, by the names compilers and hosts use.
+CROSS_ARCHES = {"aarch64": "aarch64", "arm64": "aarch64", "x86_64": "x86_64", "amd64": "x86_64"}
+
+
+def cross_platform(cc: str) -> str | None:
+    """The wheel platform tag of what ``cc`` compiles for (``linux_aarch64``) where that is not
+    this machine (a cross compiler: ``CC=aarch64-linux-gnu-gcc``); None for a native one, and for
+    targets other than 64-bit ARM and x86, where triples and hosts name one machine differently
+    (``arm-linux-gnueabihf`` on ``armv7l``): those builds stay native."""
+    done = subprocess.run([cc, "-dumpmachine"], capture_output=True, text=True, check=False)
+    target = done.stdout.strip().split("-") if done.returncode == 0 else []
+    arch = CROSS_ARCHES.get(target[0]) if len(target) > 1 else None
+    if arch is None or arch == CROSS_ARCHES.get(platform.machine().lower(), platform.machine()):
+        return None
+    if "linux" not in target:
+        raise BuildError(f"{cc} compiles for {done.stdout.strip()}: only Linux cross builds")
+    return f"linux_{arch}"
 
 
 def build(out_dir: Path = HERE, cc: str | None = None) -> Path:

@@ -455,11 +455,11 @@ static OrtStatus *skip_layer_norm(OrtKernelContext *ctx, int with_bias, float ep
 }
 
 static void choose_kernels(void) {
-  const char *form = ctxembed_kernels_form();
   quantize_row = quantize_row_scalar;
   dequantize_row = dequantize_row_scalar;
   norm_row = norm_row_scalar;
 #if defined(__x86_64__) || defined(_M_X64)
+  const char *form = ctxembed_kernels_form();
   if (strcmp(form, "avx512") == 0) {
     quantize_row = quantize_row_avx512;
     dequantize_row = dequantize_row_avx512;
