@@ -135,8 +135,8 @@ image-arm64: $(STAMP) $(IMAGE_MODEL_DIR)/manifest.json arm64-root
 	docker image inspect $(BASE_IMAGE)-arm64 >/dev/null 2>&1 || tar -C $(ARM64_ROOT) \
 		--exclude=./work --exclude=./opt/ctxembed -c . \
 		| docker import --platform linux/arm64 - $(BASE_IMAGE)-arm64
-	# a pure wheel: the fused kernels would compile for this x86 host (arm64: standard operators)
-	rm -rf dist && CTXEMBED_BUILD_KERNELS=0 $(BIN)/python -m pip wheel -q --no-deps . -w dist
+	# the fused kernels cross-compiled where gcc-aarch64-linux-gnu is installed, else a pure wheel
+	PY=$(BIN)/python deploy/arm64/wheel.sh
 	docker build -f deploy/Dockerfile --build-arg BASE=$(BASE_IMAGE)-arm64 \
 		--build-arg MODEL_DIR=$(IMAGE_MODEL_DIR) -t $(IMAGE_ARM64) .
 	# the classic builder labels what it builds with the host's architecture: arm64 it is

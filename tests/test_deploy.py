@@ -162,7 +162,8 @@ def test_make_test_arm64(model_dir: Path) -> None:
 @pytest.mark.slow
 def test_arm64_image_serves_and_matches_x86() -> None:
     """`make image-arm64`: the same image for linux/arm64, run under emulation; its int8 vectors
-    within the export's thresholds against PyTorch, its words and offsets those of x86's image."""
+    within the export's thresholds against PyTorch, its words and offsets those of x86's image,
+    and ctxembed's fused kernels running there where the cross compiler built them."""
     from ctxembed.export.source import embedded_model_dir
     from testkit.fidelity import references
 
@@ -183,6 +184,8 @@ def test_arm64_image_serves_and_matches_x86() -> None:
             code = _stop(docker, container)
         assert code in ("0", ""), (image, code)
     (info, arm), (_, x86) = results["ctxembed:arm64"], results["ctxembed:latest"]
+    # deploy/arm64/wheel.sh compiles the fused kernels for arm64 where the cross compiler is
+    assert info.fused_kernels == (shutil.which("aarch64-linux-gnu-gcc") is not None)
     assert [[(w.text, w.start, w.end) for w in r.words] for r in arm] == [
         [(w.text, w.start, w.end) for w in r.words] for r in x86
     ]

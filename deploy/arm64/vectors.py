@@ -7,8 +7,9 @@
 (the model the folder was exported from), and saves vectors and offsets. ``check`` embeds the
 same texts where it runs (the runtime alone, no torch) and requires: the same words and offsets,
 fp32 per-word cosine >= 0.99999 against x86's fp32, and int8 within the export's own int8
-thresholds against PyTorch (word mean and worst word, as its manifest recorded them). Prints the
-figures as JSON; exits 1 when a requirement fails.
+thresholds against PyTorch (word mean and worst word, as its manifest recorded them), and with
+``--expect-kernels`` ctxembed's fused kernels running. Prints the figures as JSON; exits 1 when a
+requirement fails.
 """
 
 from __future__ import annotations
@@ -40,6 +41,21 @@ def _embed(model_dir: Path, variant: str) -> list[object]:
         return emb.embed(TEXTS)  # type: ignore[return-value]
 
 
+def _kernels_form() -> str | None:
+    """The form of ctxembed's fused kernels a session here runs ("scalar" on arm64), or None
+    where the install carries none (the graphs then run their standard bodies)."""
+    import ctypes
+
+    from ctxembed.runtime.session import fused_kernels_library
+
+    path = fused_kernels_library()
+    if path is None:
+        return None
+    form = ctypes.CDLL(str(path)).ctxembed_kernels_form
+    form.restype = ctypes.c_char_p
+    return str(form().decode())
+
+
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a, b = a.astype(np.float64), b.astype(np.float64)
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
@@ -66,7 +82,9 @@ def reference(model_dir: Path, out: Path) -> None:
     )
 
 
-def check(model_dir: Path, ref_path: Path, with_fp32: bool = True) -> int:
+def check(
+    model_dir: Path, ref_path: Path, with_fp32: bool = True, expect_kernels: bool = False
+) -> int:
     from ctxembed.runtime.manifest import load_manifest
 
     ref = np.load(ref_path)
@@ -94,6 +112,7 @@ def check(model_dir: Path, ref_path: Path, with_fp32: bool = True) -> int:
         "x86_int8_vs_pytorch_mean": float(x86_torch.mean()),
         "x86_int8_vs_pytorch_min": float(x86_torch.min()),
         "int8_scheme": (variant.quantization or {}).get("scheme"),
+        "fused_kernels": _kernels_form(),
         "int8_thresholds": {k: thresholds.get(k) for k in ("word_cosine_mean", "word_cosine_min")},
     }
     passed = (
@@ -101,6 +120,7 @@ def check(model_dir: Path, ref_path: Path, with_fp32: bool = True) -> int:
         and figures["fp32_vs_x86_fp32_min"] >= FP32_MIN
         and figures["int8_vs_pytorch_mean"] >= thresholds.get("word_cosine_mean", 0.995)
         and figures["int8_vs_pytorch_min"] >= thresholds.get("word_cosine_min", 0.98)
+        and (figures["fused_kernels"] is not None or not expect_kernels)
     )
     figures["passed"] = bool(passed)
     print(json.dumps(figures, indent=1))
@@ -114,11 +134,18 @@ def main() -> int:
     p.add_argument("--out", type=Path)
     p.add_argument("--reference", type=Path)
     p.add_argument("--no-fp32", action="store_true", help="check: the int8 variant alone")
+    p.add_argument(
+        "--expect-kernels",
+        action="store_true",
+        help="check: fail unless the install's fused kernels run (a wheel built with them)",
+    )
     args = p.parse_args()
     if args.mode == "reference":
         reference(args.model_dir, args.out)
         return 0
-    return check(args.model_dir, args.reference, with_fp32=not args.no_fp32)
+    return check(
+        args.model_dir, args.reference, not args.no_fp32, expect_kernels=args.expect_kernels
+    )
 
 
 if __name__ == "__main__":
