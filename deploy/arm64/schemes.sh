@@ -20,8 +20,8 @@ CHROOT="env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 chroot
     echo "all-MiniLM-L6-v2, each scheme built on $(uname -m) from one fp32 export; checked by"
     echo "deploy/arm64/vectors.py in an arm64 Debian 12 root under qemu-user-static."
     echo
-    echo "| scheme | arm64 int8 vs PyTorch mean / worst | x86 int8 vs PyTorch mean / worst | arm64 vs x86 int8, worst word |"
-    echo "|---|---|---|---|"
+    echo "| scheme | arm64 int8 vs PyTorch mean / worst | x86 int8 vs PyTorch mean / worst | arm64 vs x86 int8, worst word | fused kernels on arm64 |"
+    echo "|---|---|---|---|---|"
 } > "$OUT"
 for scheme in $SCHEMES; do
     folder=$($PY -c "
@@ -35,7 +35,7 @@ print(scheme_folder(fp32_export('minilm', source_folder('minilm')), '$scheme'))"
         > ".cache/arm64-$scheme.json" || true  # "passed" is the export thresholds: reported below
     $PY -c "
 import json; f = json.load(open('.cache/arm64-$scheme.json'))
-print(f\"| $scheme | {f['int8_vs_pytorch_mean']:.4f} / {f['int8_vs_pytorch_min']:.4f} | {f['x86_int8_vs_pytorch_mean']:.4f} / {f['x86_int8_vs_pytorch_min']:.4f} | {f['int8_vs_x86_int8_min']:.4f} |\")
+print(f\"| $scheme | {f['int8_vs_pytorch_mean']:.4f} / {f['int8_vs_pytorch_min']:.4f} | {f['x86_int8_vs_pytorch_mean']:.4f} / {f['x86_int8_vs_pytorch_min']:.4f} | {f['int8_vs_x86_int8_min']:.4f} | {f.get('fused_kernels') or 'none'} |\")
 " >> "$OUT"
     tail -1 "$OUT"
 done
