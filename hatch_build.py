@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -35,8 +37,12 @@ class KernelsBuildHook(BuildHookInterface):  # type: ignore[type-arg]
             return
         build = _kernels_build()
         # an editable install imports the source tree, so its library goes there; a wheel's is
-        # built aside, so a cross build (CC=aarch64-linux-gnu-gcc) leaves the tree's own alone
-        out = build.HERE if version == "editable" else Path(self.root) / "build" / "kernels"
+        # built in a folder of its own, removed after the build: a cross build
+        # (CC=aarch64-linux-gnu-gcc) leaves the tree's library alone, and nothing is left behind
+        out = build.HERE
+        if version != "editable":
+            self._scratch = tempfile.mkdtemp(prefix="ctxembed-kernels-")
+            out = Path(self._scratch)
         try:
             cc = build.compiler()
             cross = build.cross_platform(cc) if cc else None
@@ -56,3 +62,8 @@ class KernelsBuildHook(BuildHookInterface):  # type: ignore[type-arg]
             build_data["tag"] = f"py3-none-{cross}"
         else:
             build_data["infer_tag"] = True
+
+    def finalize(self, version: str, build_data: dict[str, Any], artifact_path: str) -> None:
+        scratch = getattr(self, "_scratch", None)
+        if scratch:  # the wheel holds its copy of the library now
+            shutil.rmtree(scratch, ignore_errors=True)
