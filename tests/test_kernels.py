@@ -5,7 +5,6 @@ the exact result than onnxruntime's own kernel)."""
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import platform
@@ -20,6 +19,7 @@ import pytest
 from ctxembed.export.fused_chains import DOMAIN, functions
 from ctxembed.export.upgrade import upgrade_folder
 from ctxembed.kernels import OPS, library
+from ctxembed.kernels import form as kernels_library_form
 from ctxembed.kernels.build import BuildError, build, compiler, cross_platform
 from ctxembed.runtime import TextInput, WordEmbedder, WordEmbeddings
 from ctxembed.runtime.cpu import cpu_flags
@@ -170,14 +170,13 @@ def activations(shape: tuple[int, ...], outlier_channels: list[int]) -> np.ndarr
 @pytest.fixture
 def kernels_form(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     form = str(request.param)
-    if library() is None:
+    built = library()
+    if built is None:
         pytest.skip("the kernels are not built here")
     if not _form_runs_here(form):
         pytest.skip(f"this CPU has no {form}")
     monkeypatch.setenv("CTXEMBED_KERNELS_ISA", form)  # read when a session registers them
-    chosen = ctypes.CDLL(str(library())).ctxembed_kernels_form
-    chosen.restype = ctypes.c_char_p
-    assert chosen().decode() == form
+    assert kernels_library_form(built) == form
     yield form
 
 

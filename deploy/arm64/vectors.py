@@ -44,16 +44,11 @@ def _embed(model_dir: Path, variant: str) -> list[object]:
 def _kernels_form() -> str | None:
     """The form of ctxembed's fused kernels a session here runs ("scalar" on arm64), or None
     where the install carries none (the graphs then run their standard bodies)."""
-    import ctypes
-
+    from ctxembed.kernels import form
     from ctxembed.runtime.session import fused_kernels_library
 
     path = fused_kernels_library()
-    if path is None:
-        return None
-    form = ctypes.CDLL(str(path)).ctxembed_kernels_form
-    form.restype = ctypes.c_char_p
-    return str(form().decode())
+    return None if path is None else form(path)
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -30,3 +30,13 @@ def library() -> Path | None:
 
     path = HERE / library_name()
     return path if path.is_file() else None
+
+
+def form(path: Path) -> str:
+    """Which of the library's forms a session registering it runs here ("avx512", "avx2",
+    "scalar"), as the library chooses it: from the CPU, or ``$CTXEMBED_KERNELS_ISA``."""
+    import ctypes
+
+    chosen = ctypes.CDLL(str(path)).ctxembed_kernels_form
+    chosen.restype = ctypes.c_char_p
+    return str(chosen().decode())
